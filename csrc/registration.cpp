@@ -1,0 +1,18 @@
+// The t2ifast operator library: every op's schema is declared here, once. Kernels register against
+// these schemas by dispatch key in their own files (csrc/<op>/<op>_cpu.cpp, <op>_cuda.cu); autograd
+// and fake (meta) functions are registered from Python (t2ifast/ops/<op>/).
+#include <Python.h>
+#include <torch/library.h>
+
+TORCH_LIBRARY(t2ifast, m) {
+  // GAN-CLS discriminator loss on logits of the (real, right), (real, wrong), (fake, right) pairs.
+  // values = [loss, L_real, L_wrong, L_fake]; grad_* = d L_group / d s_group, kept for backward.
+  m.def(
+      "matching_aware_loss(Tensor s_real, Tensor s_wrong, Tensor s_fake, float real_target, bool average)"
+      " -> (Tensor values, Tensor grad_real, Tensor grad_wrong, Tensor grad_fake)");
+}
+
+// `import t2ifast._C` runs the registrations above; the module itself holds nothing.
+static PyModuleDef t2ifast_module = {PyModuleDef_HEAD_INIT, "_C", "t2ifast operator library", -1, nullptr};
+
+PyMODINIT_FUNC PyInit__C(void) { return PyModule_Create(&t2ifast_module); }

@@ -1,0 +1,98 @@
+"""Backend selection, forcing, and the build report."""
+
+import os
+import subprocess
+import sys
+
+import pytest
+import torch
+
+import t2ifast
+from t2ifast import _backend, _extension
+from t2ifast.ops import matching_aware_loss
+
+
+def test_automatic_choice_prefers_native_then_reference_on_cpu():
+    expected = "native" if _extension.has_native_kernel("matching_aware_loss", "cpu") else "reference"
+    assert _backend.select("matching_aware_loss", "cpu") == expected
+
+
+def test_automatic_choice_on_cuda_without_native_kernel_is_triton():
+    # An op the extension does not hold runs on Triton for CUDA tensors, on the reference for CPU ones.
+    if _backend.TRITON_AVAILABLE:
+        assert _backend.select("an_op_without_native_kernel", "cuda") == "triton"
+    assert _backend.select("an_op_without_native_kernel", "cuda", has_triton_kernel=False) == "reference"
+
+
+def test_context_manager_forces_and_restores():
+    before = _backend.forced_backend()
+    with t2ifast.backend("reference"):
+        assert _backend.select("matching_aware_loss", "cpu") == "reference"
+        with t2ifast.backend(None):
+            assert _backend.forced_backend() is None
+        assert _backend.forced_backend() == "reference"
+    assert _backend.forced_backend() == before
+
+
+def test_unknown_backend_name_is_an_error():
+    with pytest.raises(ValueError, match="backend must be one of native, triton, reference; got 'cudnn'"):
+        with t2ifast.backend("cudnn"):
+            pass
+
+
+def test_forced_backend_that_cannot_run_raises_instead_of_swapping():
+    x = torch.randn(4)
+    with t2ifast.backend("native"), pytest.raises(t2ifast.BackendUnavailableError, match="no CUDA kernel for"):
+        _backend.select("an_op_without_native_kernel", "cuda")
+    with t2ifast.backend("triton"), pytest.raises(t2ifast.BackendUnavailableError, match="has no Triton kernel"):
+        _backend.select("some_op", "cpu", has_triton_kernel=False)
+    with t2ifast.backend("reference"):
+        matching_aware_loss(x, x, x)  # always available
+
+
+def _run_python(code, **env):
+    full_env = {**os.environ, **env}
+    return subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, env=full_env, timeout=300)
+
+
+def test_environment_variable_forces_backend_and_is_validated():
+    ok = _run_python("import t2ifast._backend as b; print(b.forced_backend())", T2IFAST_BACKEND="reference")
+    assert ok.stdout.strip() == "reference", ok.stderr
+    bad = _run_python("import t2ifast", T2IFAST_BACKEND="fastest")
+    assert bad.returncode != 0
+    assert "T2IFAST_BACKEND must be one of native, triton, reference; got 'fastest'" in bad.stderr
+
+
+def test_triton_on_cpu_without_interpreter_says_how_to_enable_it():
+    code = (
+        "import torch, t2ifast\n"
+        "from t2ifast.ops import matching_aware_loss\n"
+        "x = torch.randn(3)\n"
+        "try:\n"
+        "    with t2ifast.backend('triton'): matching_aware_loss(x, x, x)\n"
+        "except t2ifast.BackendUnavailableError as e: print(e)\n"
+    )
+    result = _run_python(code, TRITON_INTERPRET="0")
+    assert "TRITON_INTERPRET=1" in result.stdout, result.stderr
+
+
+def test_info_reports_the_build_truthfully():
+    result = subprocess.run([sys.executable, "-m", "t2ifast.info"], capture_output=True, text=True, timeout=300)
+    assert result.returncode == 0, result.stderr
+    out = result.stdout
+    assert f"torch          {torch.__version__}" in out
+    if _extension.LOADED:
+        devices = ", ".join(sorted(_extension.NATIVE_KERNELS["matching_aware_loss"]))
+        assert f"matching_aware_loss          kernels: {devices}" in out
+    else:
+        assert "extension      not available" in out
+    assert ("gpu 0" in out) == torch.cuda.is_available()
+
+
+def test_ci_build_has_cuda_kernels_when_required():
+    """CI builds against a CUDA torch with nvcc: a silent CPU-only build must fail there."""
+    if os.environ.get("T2IFAST_REQUIRE_CUDA_EXT") != "1":
+        pytest.skip("T2IFAST_REQUIRE_CUDA_EXT is not set (only CI requires a CUDA build)")
+    assert _extension.LOADED, _extension.LOAD_ERROR
+    for op, devices in _extension.NATIVE_KERNELS.items():
+        assert devices == {"cpu", "cuda"}, f"{op} lacks kernels: has {devices}"
