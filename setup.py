@@ -86,9 +86,17 @@ def find_cuda_home():
     return None
 
 
+def remove_stale_extension():
+    """pip builds in the source tree: an extension left in build/ by an earlier build would otherwise be
+    packaged by a build that did not (or could not) compile it."""
+    for path in glob.glob(os.path.join(HERE, "build", "lib*", "t2ifast", "_C*")):
+        os.remove(path)
+
+
 def extension_modules():
     if os.environ.get("T2IFAST_BUILD_EXT", "1") == "0":
         log("T2IFAST_BUILD_EXT=0: installing without the compiled extension.")
+        remove_stale_extension()
         return [], {}
     torch = import_torch()
     if torch is None:
@@ -96,6 +104,7 @@ def extension_modules():
             "torch is not importable at build time: installing without the compiled extension. "
             "Install torch first, then reinstall t2ifast to compile it."
         )
+        remove_stale_extension()
         return [], {}
 
     want_cuda = os.environ.get("T2IFAST_BUILD_CUDA", "1") != "0" and torch.version.cuda is not None
@@ -144,6 +153,7 @@ def extension_modules():
                 if os.environ.get("T2IFAST_REQUIRE_EXT") == "1":
                     raise
                 log(f"compiling the extension failed ({error}); installing without it.")
+                remove_stale_extension()
                 self.extensions = []
                 self.distribution.ext_modules = []
 

@@ -4,6 +4,7 @@ Everything here is computed at import time so that backend selection is a lookup
 tables, which ``torch.compile`` can trace without a graph break.
 """
 
+import importlib.util
 import warnings
 
 import torch
@@ -14,6 +15,8 @@ class ExtensionNotBuiltWarning(UserWarning):
 
 
 def _load():
+    if importlib.util.find_spec("t2ifast._C") is None:
+        return False, "t2ifast was installed without it"
     try:
         from t2ifast import _C  # noqa: F401 - importing it runs the TORCH_LIBRARY registrations
     except (ImportError, OSError) as error:
