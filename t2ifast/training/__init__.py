@@ -1,0 +1,1 @@
+"""The training system: checkpoints (atomic, safe to load, resumable)."""
