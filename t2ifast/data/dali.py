@@ -35,7 +35,8 @@ def _image_pipeline(files, crop_boxes, sizes, augment, shuffle, reader_seed, sha
         files=files,
         labels=list(range(len(files))),
         random_shuffle=False,
-        shuffle_after_epoch=shuffle,
+        shuffle_after_epoch=shuffle,  # a fresh permutation of the whole dataset each epoch, then cut into shards
+        stick_to_shard=not shuffle,  # unshuffled: each shard keeps its part (DALI would move on to the next one)
         seed=reader_seed,
         shard_id=shard_id,
         num_shards=num_shards,
