@@ -98,7 +98,7 @@ def write_coco(root, num_train=5, num_val=2, seed=2):
     next_id = 1
     for split, count in (("train2014", num_train), ("val2014", num_val)):
         images, annotations = [], []
-        for n in range(count):
+        for _ in range(count):
             image_id = int(rng.integers(1, 10**6))
             name = f"COCO_{split}_{image_id:012d}.jpg"
             write_jpeg(root / split / name, random_image(rng, 80, 60))

@@ -37,7 +37,9 @@ def _table(rng_seed=0, num_samples=30, max_len=25):
     for _ in range(num_samples):
         count = int(torch.randint(1, 5, (1,), generator=generator))
         # words 1..len strictly increasing, so an ordered subset is recognisable
-        encoded.append([list(range(1, int(torch.randint(1, max_len, (1,), generator=generator)) + 1)) for _ in range(count)])
+        encoded.append(
+            [list(range(1, int(torch.randint(1, max_len, (1,), generator=generator)) + 1)) for _ in range(count)]
+        )
     return encoded, CaptionTable(encoded)
 
 
@@ -78,7 +80,7 @@ def test_sampled_subset_is_uniform_over_words():
 
 
 def test_pick_draws_each_caption_of_the_sample():
-    encoded, table = _table(num_samples=5)
+    _, table = _table(num_samples=5)
     generator = torch.Generator().manual_seed(3)
     for sample in range(5):
         rows = table.pick(torch.full((400,), sample), generator)
@@ -135,7 +137,7 @@ def test_read_captions_pickle_written_by_attngan(tmp_path):
 def test_read_captions_pickle_errors_name_the_file(tmp_path):
     bad = tmp_path / "captions.pickle"
     bad.write_bytes(b"not a pickle")
-    with pytest.raises(DataError, match="captions.pickle"):
+    with pytest.raises(DataError, match=r"captions\.pickle"):
         read_captions_pickle(bad)
     with open(bad, "wb") as f:
         pickle.dump([[], [], {0: "<end>", 1: "a"}, {"<end>": 0, "b": 1}], f)

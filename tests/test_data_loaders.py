@@ -13,8 +13,9 @@ from t2ifast.data import Batch, TorchLoader, generate_synthetic, make_loader, re
 from t2ifast.data.images import load_image, transform
 
 BACKENDS = ["torch", pytest.param("dali", marks=requires_dali)]
-# DALI and Pillow decode JPEG with libjpeg-turbo alike; their antialiased linear resizes differ by rounding only
-RESIZE_TOLERANCE = 2.0 / 127.5
+# DALI and Pillow decode JPEG with libjpeg-turbo alike; their antialiased linear resizes differ by rounding only:
+# measured here, at most 6 grey levels on a pixel and under 0.5 level on average
+RESIZE_MEAN_TOLERANCE, RESIZE_MAX_TOLERANCE = 1.0 / 127.5, 8.0 / 127.5
 
 
 @pytest.fixture(scope="module")
@@ -68,7 +69,9 @@ def test_epochs_and_shards_cover_each_sample_once(shapes, backend, last_batch, s
     for epoch in range(2):
         seen = []
         loaders = [
-            _loader(shapes, backend, batch_size, shuffle=shuffle, shard_id=s, num_shards=num_shards, last_batch=last_batch)
+            _loader(
+                shapes, backend, batch_size, shuffle=shuffle, shard_id=s, num_shards=num_shards, last_batch=last_batch
+            )
             for s in range(num_shards)
         ]
         for shard, loader in enumerate(loaders):
@@ -109,8 +112,8 @@ def test_dali_and_torch_give_the_same_images_without_augmentation(request, datas
             if dataset_name == "shapes" and size == 64:
                 assert difference.max() <= 1e-5  # same decoder, no resize: identical
             else:
-                # non-square CUB crops: the shorter-side resize rounds the longer side alike to a pixel
-                assert difference.mean() < RESIZE_TOLERANCE, (size, difference.mean())
+                assert difference.mean() < RESIZE_MEAN_TOLERANCE, (size, difference.mean())
+                assert difference.max() < RESIZE_MAX_TOLERANCE, (size, difference.max())
 
 
 def test_torch_transform_is_attngan_crop_and_flip(cub):
@@ -134,7 +137,9 @@ def test_torch_transform_is_attngan_crop_and_flip(cub):
 @pytest.mark.parametrize("backend", BACKENDS)
 def test_augmentation_crops_and_flips(shapes, backend):
     plain = next(iter(_loader(shapes, backend, 40, augment=False, shuffle=False))).images[64]
-    augmented = [next(iter(_loader(shapes, backend, 40, augment=True, shuffle=False, seed=s))).images[64] for s in (1, 2)]
+    augmented = [
+        next(iter(_loader(shapes, backend, 40, augment=True, shuffle=False, seed=s))).images[64] for s in (1, 2)
+    ]
     assert not torch.allclose(augmented[0], augmented[1])
     assert (augmented[0] - plain).abs().mean() > 0.01
     # a random crop of the 76/64 enlargement: each image is close to some 64x64 window of the enlarged plain image,

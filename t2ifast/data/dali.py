@@ -11,6 +11,7 @@ LastBatchPolicy.DROP leaves the incomplete batch out. DALI's default (FILL, repe
 """
 
 import concurrent.futures
+import warnings
 
 import torch
 from nvidia.dali import fn, pipeline_def, types
@@ -136,6 +137,7 @@ class DaliLoader:
                 dataset = dataset.subset(keep, skipped=bad)
                 for error in bad:
                     self.skipped.add(error)
+                warnings.warn(f"{dataset.name}: {self.skipped.summary()}", stacklevel=2)
         self.dataset, self.batch_size, self.last_batch = dataset, batch_size, last_batch
         self.sizes = tuple(sorted(int(s) for s in sizes))
         self.max_words, self.caption_mode = max_words, caption_mode
