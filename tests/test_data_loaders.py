@@ -14,8 +14,8 @@ from t2ifast.data.images import load_image, transform
 
 BACKENDS = ["torch", pytest.param("dali", marks=requires_dali)]
 # DALI and Pillow decode JPEG with libjpeg-turbo alike; their antialiased linear resizes differ by rounding only:
-# measured here, at most 6 grey levels on a pixel and under 0.5 level on average
-RESIZE_MEAN_TOLERANCE, RESIZE_MAX_TOLERANCE = 1.0 / 127.5, 8.0 / 127.5
+# measured here, under 0.5 grey level on average and at most 6 levels on a pixel at 2x downscaling, 13 at 4x
+RESIZE_MEAN_TOLERANCE, RESIZE_MAX_TOLERANCE = 1.0 / 127.5, 16.0 / 127.5
 
 
 @pytest.fixture(scope="module")

@@ -98,6 +98,28 @@ def _collate(samples):
     return samples  # images are stacked in the main process, after bad samples are taken out
 
 
+class _EpochBatches:
+    """The batch sampler: this epoch's batches of (sample index, augmentation seed) for this shard."""
+
+    def __init__(self, num_samples, batch_size, shuffle, seed, shard, drop_last):
+        self.num_samples, self.batch_size, self.shuffle, self.seed = num_samples, batch_size, shuffle, seed
+        self.shard, self.drop_last = shard, drop_last
+        self.epoch = 0
+
+    def __len__(self):
+        size = self.shard[1] - self.shard[0]
+        return size // self.batch_size if self.drop_last else -(-size // self.batch_size)
+
+    def __iter__(self):
+        order = np.arange(self.num_samples)
+        if self.shuffle:
+            order = np.random.default_rng([self.seed, self.epoch]).permutation(self.num_samples)
+        mine = order[self.shard[0] : self.shard[1]]
+        for start in range(0, len(self) * self.batch_size, self.batch_size):
+            # each sample's crop and flip come from its own generator: (seed, epoch, index)
+            yield [(int(i), (self.seed, self.epoch, int(i))) for i in mine[start : start + self.batch_size]]
+
+
 class TorchLoader:
     """The fallback loader: Pillow decoding in torch.utils.data worker processes."""
 
@@ -123,41 +145,30 @@ class TorchLoader:
         check_loader_options(batch_size, sizes, last_batch)
         self.dataset, self.batch_size = dataset, batch_size
         self.sizes = tuple(sorted(int(s) for s in sizes))
-        self.shuffle, self.seed, self.last_batch = shuffle, seed, last_batch
         self.max_words, self.caption_mode = max_words, caption_mode
         self.shard = shard_range(len(dataset), shard_id, num_shards)
         self.skip_bad = skip_bad
         self.skipped = SkipReport()
-        self.epoch = 0
         self._images = _DecodedImages(dataset, self.sizes, augment, skip_bad)
+        self._sampler = _EpochBatches(len(dataset), batch_size, shuffle, seed, self.shard, last_batch == "drop")
         self._num_workers = num_workers
+        self._loader = None
         self._text_generator = torch.Generator().manual_seed(seed)
 
     def __len__(self):
-        size = self.shard[1] - self.shard[0]
-        return size // self.batch_size if self.last_batch == "drop" else -(-size // self.batch_size)
-
-    def _epoch_batches(self):
-        order = np.arange(len(self.dataset))
-        if self.shuffle:
-            order = np.random.default_rng([self.seed, self.epoch]).permutation(len(self.dataset))
-        mine = order[self.shard[0] : self.shard[1]]
-        batches = [mine[i : i + self.batch_size] for i in range(0, len(mine), self.batch_size)]
-        if self.last_batch == "drop" and batches and len(batches[-1]) < self.batch_size:
-            batches.pop()
-        # each sample's crop and flip come from its own generator: (seed, epoch, index)
-        return [[(int(i), (self.seed, self.epoch, int(i))) for i in batch] for batch in batches]
+        return len(self._sampler)
 
     def __iter__(self):
-        loader = torch.utils.data.DataLoader(
-            self._images,
-            batch_sampler=self._epoch_batches(),
-            num_workers=self._num_workers,
-            collate_fn=_collate,
-            persistent_workers=False,
-        )
+        if self._loader is None:  # created once: its worker processes persist across epochs
+            self._loader = torch.utils.data.DataLoader(
+                self._images,
+                batch_sampler=self._sampler,
+                num_workers=self._num_workers,
+                collate_fn=_collate,
+                persistent_workers=self._num_workers > 0,
+            )
         skipped_before = len(self.skipped)
-        for samples in loader:
+        for samples in self._loader:
             good = []
             for index, images, error in samples:
                 if error is None:
@@ -168,9 +179,9 @@ class TorchLoader:
                     raise error
             if good:
                 yield self._batch([i for i, _ in good], [images for _, images in good])
-        self.epoch += 1
+        self._sampler.epoch += 1
         if len(self.skipped) > skipped_before:
-            warnings.warn(f"epoch {self.epoch}: {self.skipped.summary()}", stacklevel=2)
+            warnings.warn(f"epoch {self._sampler.epoch}: {self.skipped.summary()}", stacklevel=2)
 
     def _batch(self, indices, images):
         stacked = {size: torch.stack([sample[size] for sample in images]) for size in self.sizes}
