@@ -9,7 +9,7 @@ import torch
 from data_testing import requires_dali, write_cub
 from PIL import Image
 
-from t2ifast.data import Batch, TorchLoader, generate_synthetic, make_loader, read_stackgan, tokenize
+from t2ifast.data import Batch, TorchLoader, dali_available, generate_synthetic, make_loader, read_stackgan, tokenize
 from t2ifast.data.images import load_image, transform
 
 BACKENDS = ["torch", pytest.param("dali", marks=requires_dali)]
@@ -176,3 +176,30 @@ def test_torch_loader_workers_agree(shapes, workers):
     reference = list(_loader(shapes, "torch", 16, num_workers=0, seed=3))
     for a, b in zip(batches, reference, strict=True):
         assert torch.equal(a.indices, b.indices) and torch.equal(a.images[64], b.images[64])
+
+
+@requires_dali
+@pytest.mark.cuda
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA GPU for DALI's mixed (nvJPEG) decode")
+def test_dali_gpu_decode_matches_cpu(cub):
+    options = {"sizes": (32, 64), "augment": False, "shuffle": False}
+    gpu = list(_loader(cub, "dali", 4, device="gpu", **options))
+    cpu = list(_loader(cub, "dali", 4, device="cpu", **options))
+    for on_gpu, on_cpu in zip(gpu, cpu, strict=True):
+        assert on_gpu.keys == on_cpu.keys and on_gpu.images[64].is_cuda
+        for size in (32, 64):
+            difference = (on_gpu.images[size].cpu() - on_cpu.images[size]).abs()
+            # nvJPEG and libjpeg-turbo differ in IDCT and chroma upsampling by a few grey levels
+            assert difference.mean() < 2.0 / 127.5 and difference.max() < 24.0 / 127.5
+
+
+def test_auto_falls_back_to_torch_without_dali(shapes, monkeypatch):
+    import t2ifast.data.loader as loader_module
+
+    monkeypatch.setattr(loader_module, "dali_available", lambda: False)
+    assert isinstance(make_loader(shapes, 4, "auto", num_workers=0), TorchLoader)
+    with pytest.raises(ImportError, match=r"t2ifast\[dali\]"):
+        make_loader(shapes, 4, "dali")
+    monkeypatch.setattr(loader_module, "dali_available", lambda: True)
+    if dali_available():
+        assert make_loader(shapes, 4, "auto", device="cpu").backend == "dali"

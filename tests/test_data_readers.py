@@ -13,6 +13,7 @@ from t2ifast.data import (
     Vocabulary,
     make_loader,
     open_dataset,
+    read_captions_pickle,
     read_coco,
     read_folder,
     read_stackgan,
@@ -90,6 +91,16 @@ def test_captions_pickle_vocabulary_is_reused(tmp_path):
     other = tmp_path / "damsm_captions.pickle"
     write_captions_pickle(other, [], [], Vocabulary(words))
     assert read_stackgan(tmp_path, "train", vocabulary=other).vocabulary.index_to_word == ["<end>", *words]
+
+
+def test_dataset_captions_written_as_attngan_captions_pickle(tmp_path):
+    write_cub(tmp_path)
+    train, test = read_stackgan(tmp_path, "train"), read_stackgan(tmp_path, "test")
+    write_captions_pickle(tmp_path / "out.pickle", train.encoded_captions(), test.encoded_captions(), train.vocabulary)
+    train_captions, test_captions, vocabulary = read_captions_pickle(tmp_path / "out.pickle")
+    assert len(train_captions) == 60 and len(test_captions) == 30
+    second_caption = train.captions[0][1]  # AttnGAN's order: filenames × captions per image
+    assert vocabulary.decode(train_captions[1]) == " ".join(tokenize(second_caption))
 
 
 def test_max_captions(tmp_path):

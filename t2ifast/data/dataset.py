@@ -110,6 +110,10 @@ class TextImageDataset:
     def __len__(self):
         return len(self.keys)
 
+    def encoded_captions(self):
+        """Every caption as a list of word indices, sample by sample (AttnGAN's order in captions.pickle)."""
+        return [caption for captions in self._encoded for caption in captions]
+
     def subset(self, indices, skipped=()):
         """A dataset of these samples only (e.g. without the images a scan found bad); `skipped` DataErrors are
         added to its skip report."""
