@@ -9,7 +9,7 @@ import torch
 from data_testing import requires_dali, write_cub
 from PIL import Image
 
-from t2ifast.data import Batch, TorchLoader, dali_available, generate_synthetic, make_loader, read_stackgan, tokenize
+from t2ifast.data import Batch, TorchLoader, generate_synthetic, make_loader, read_stackgan, tokenize
 from t2ifast.data.images import load_image, transform
 
 BACKENDS = ["torch", pytest.param("dali", marks=requires_dali)]
@@ -200,6 +200,8 @@ def test_auto_falls_back_to_torch_without_dali(shapes, monkeypatch):
     assert isinstance(make_loader(shapes, 4, "auto", num_workers=0), TorchLoader)
     with pytest.raises(ImportError, match=r"t2ifast\[dali\]"):
         make_loader(shapes, 4, "dali")
-    monkeypatch.setattr(loader_module, "dali_available", lambda: True)
-    if dali_available():
-        assert make_loader(shapes, 4, "auto", device="cpu").backend == "dali"
+
+
+@requires_dali
+def test_auto_picks_dali_when_installed(shapes):
+    assert make_loader(shapes, 4, "auto", device="cpu").backend == "dali"
