@@ -2,6 +2,11 @@
 
 Imports nothing from t2ifast.ops, nn or models. DALI is optional (`pip install 't2ifast[dali]'`):
 t2ifast.data.dali is imported only when a DALI loader is asked for.
+
+    folder = generate_synthetic("~/.cache/t2ifast", num_images=4000, size=64)   # or a CUB / flowers / COCO root
+    train = open_dataset(folder, "train")
+    for batch in make_loader(train, 64, sizes=(64, 128, 256), last_batch="drop"):
+        batch.images[64], batch.captions, batch.caption_mask, batch.wrong_captions, batch.class_ids
 """
 
 from t2ifast.data.captions import (

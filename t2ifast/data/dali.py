@@ -22,6 +22,7 @@ from t2ifast.data.images import enlarged_size, load_image
 from t2ifast.data.loader import Batch, check_loader_options, shard_range
 
 _POLICIES = {"partial": LastBatchPolicy.PARTIAL, "drop": LastBatchPolicy.DROP}
+_MAX_LOOKUP_KEY = 65535  # fn.lookup_table's key range
 _READER = "Reader"
 
 
@@ -138,6 +139,11 @@ class DaliLoader:
                 for error in bad:
                     self.skipped.add(error)
                 warnings.warn(f"{dataset.name}: {self.skipped.summary()}", stacklevel=2)
+        if dataset.crop_boxes is not None and len(dataset) > _MAX_LOOKUP_KEY + 1:
+            raise ValueError(
+                f"the DALI loader crops to bounding boxes for at most {_MAX_LOOKUP_KEY + 1} images ({dataset.name} "
+                f"has {len(dataset)}): use backend='torch' or read the dataset with crop_to_bbox=False"
+            )
         self.dataset, self.batch_size, self.last_batch = dataset, batch_size, last_batch
         self.sizes = tuple(sorted(int(s) for s in sizes))
         self.max_words, self.caption_mode = max_words, caption_mode
