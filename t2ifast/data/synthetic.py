@@ -256,7 +256,7 @@ def generate_synthetic(
         raise ValueError("num_images must be at least 2")
     if size < 8:
         raise ValueError("size must be at least 8 pixels")
-    root = Path(root)
+    root = Path(root).expanduser()
     final = root / f"shapes-{size}px-{num_images}-seed{seed}-c{captions_per_image}"
     manifest = {
         "format_version": FORMAT_VERSION,
