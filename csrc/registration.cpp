@@ -10,6 +10,16 @@ TORCH_LIBRARY(t2ifast, m) {
   m.def(
       "matching_aware_loss(Tensor s_real, Tensor s_wrong, Tensor s_fake, float real_target, bool average)"
       " -> (Tensor values, Tensor grad_real, Tensor grad_wrong, Tensor grad_fake)");
+
+  // Word-region attention (AttnGAN's generator attention; issue 3). pad_mask: True = padding word.
+  // attn is [B, T, N] when return_attn, else empty [0, T, N] (never written); lse [B, N] holds the
+  // per-region softmax statistics backward recomputes the attention from (+inf where every word is padding).
+  m.def(
+      "word_region_attention(Tensor regions, Tensor words, Tensor? pad_mask, bool return_attn)"
+      " -> (Tensor context, Tensor attn, Tensor lse)");
+  m.def(
+      "word_region_attention_backward(Tensor grad_context, Tensor? grad_attn, Tensor regions, Tensor words,"
+      " Tensor? pad_mask, Tensor lse) -> (Tensor grad_regions, Tensor grad_words)");
 }
 
 // `import t2ifast._C` runs the registrations above; the module itself holds nothing.
