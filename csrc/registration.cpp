@@ -20,6 +20,13 @@ TORCH_LIBRARY(t2ifast, m) {
   m.def(
       "word_region_attention_backward(Tensor grad_context, Tensor? grad_attn, Tensor regions, Tensor words,"
       " Tensor? pad_mask, Tensor lse) -> (Tensor grad_regions, Tensor grad_words)");
+
+  // DAMSM word scores of every image (regions [M, D, N]) with every caption (words [B, D, T], lengths [B]):
+  // scores [M, B] (issue 3). Backward recomputes the attention; nothing else is saved.
+  m.def("damsm_word_scores(Tensor words, Tensor lengths, Tensor regions, float gamma1, float gamma2) -> Tensor scores");
+  m.def(
+      "damsm_word_scores_backward(Tensor grad_scores, Tensor words, Tensor lengths, Tensor regions, float gamma1,"
+      " float gamma2) -> (Tensor grad_words, Tensor grad_regions)");
 }
 
 // `import t2ifast._C` runs the registrations above; the module itself holds nothing.

@@ -91,11 +91,23 @@ def test_non_contiguous_inputs(backend):
         torch.testing.assert_close(g, w, rtol=1e-4, atol=1e-5)
 
 
-def test_gradcheck_float64_reference():
+@pytest.mark.parametrize("backend", ["reference", *kernel_backends(OP, "cpu")[:1]])
+def test_gradcheck_float64(backend):
     words, lengths, regions = _inputs(2, 3, 5, 4, 7, [4, 2], dtype=torch.float64)
     words.requires_grad_(True)
     regions.requires_grad_(True)
-    assert torch.autograd.gradcheck(lambda w, r: _with_backend("reference")(w, lengths, r), (words, regions))
+    assert torch.autograd.gradcheck(lambda w, r: _with_backend(backend)(w, lengths, r), (words, regions))
+
+
+@pytest.mark.parametrize("backend", kernel_backends(OP, "cpu")[:1])
+def test_native_matches_reference_float64(backend):
+    case = (5, 3, 24, 7, 45, [7, 1, 3, 6, 2])
+    words, lengths, regions = _inputs(*case, dtype=torch.float64)
+    grad = torch.randn(3, 5, dtype=torch.float64)
+    got = _scores_and_grads(_with_backend(backend), words, lengths, regions, grad)
+    want = _scores_and_grads(_with_backend("reference"), words, lengths, regions, grad)
+    for g, w in zip(got, want, strict=True):
+        torch.testing.assert_close(g, w, rtol=1e-11, atol=1e-11)
 
 
 @pytest.mark.parametrize("backend", kernel_backends(OP, "cpu"))

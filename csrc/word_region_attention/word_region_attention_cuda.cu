@@ -6,20 +6,26 @@
 // memory kChunk channels at a time, read by all threads as broadcasts. Nothing of size T x N is written
 // in the forward unless the attention is asked for.
 //
-// Backward recomputes the attention from the saved lse. grad_regions comes out of the same per-thread
-// pass; grad_words = regions . ds^T + grad_context . attn^T is a reduction over all regions, done by
-// cuBLAS from ds and the attention, which this backward writes transiently ([B, T, N] each).
+// Backward recomputes the attention from the saved lse (nothing of size T x N is written there either).
+// A block walks several tiles of regions of one sample; per tile and channel, grad_regions is a per-thread
+// sum over the words, and grad_words[c, t] = sum_n ds[t, n] regions[c, n] + attn[t, n] grad_context[c, n]
+// is reduced across each warp by a transposing butterfly (lane l ends with the sums of words l, or
+// 2l and 2l + 1 for T > 32) and accumulated in shared memory ([C, T] per block, shared atomics). Each
+// block writes its [C, T] partial sum; the partials are added up afterwards.
 #include "word_region_attention.h"
 
 #include <ATen/Dispatch.h>
-#include <ATen/ops/bmm.h>
 #include <ATen/ops/empty.h>
 #include <ATen/ops/empty_like.h>
+#include <ATen/ops/sum.h>
+#include <ATen/ops/zeros_like.h>
 #include <c10/cuda/CUDAException.h>
 #include <c10/cuda/CUDAGuard.h>
 #include <c10/cuda/CUDAStream.h>
+#include <cuda_runtime.h>
 #include <torch/library.h>
 
+#include <algorithm>
 #include <limits>
 #include <tuple>
 #include <type_traits>
@@ -127,8 +133,10 @@ forward_kernel(const scalar_t* __restrict__ regions, const scalar_t* __restrict_
   if (active) {
     lse[b * num_regions + n] = empty ? kInf : m + ::log(sum);
     if (attn != nullptr) {
-      for (int t = 0; t < words_count && t < MAX_T; ++t) {
-        attn[(b * words_count + t) * num_regions + n] = static_cast<scalar_t>(p[t]);
+      // unrolled, so that p is indexed by constants and stays in registers
+#pragma unroll
+      for (int t = 0; t < MAX_T; ++t) {
+        if (t < words_count) attn[(b * words_count + t) * num_regions + n] = static_cast<scalar_t>(p[t]);
       }
     }
   }
@@ -136,52 +144,115 @@ forward_kernel(const scalar_t* __restrict__ regions, const scalar_t* __restrict_
                                         words_count, n, active);
 }
 
-// Writes attn and ds = attn * (dp - sum_t attn dp) as [B, T, N], and grad_regions.
+// Sums v[t] over the 32 lanes of a warp for every t. Butterfly: at each step a lane keeps one half of its
+// values, sends the other half to its partner and adds what it receives, so 31 shuffles reduce 32 values.
+// Afterwards v[i], i < kWordsPerLane<MAX_T>, holds the total for word *first_word + i. With MAX_T = 16,
+// lanes 16..31 hold copies of lanes 0..15.
+template <int MAX_T>
+constexpr int kWordsPerLane = MAX_T >= 32 ? MAX_T / 32 : 1;
+
+template <typename T, int MAX_T>
+__device__ __forceinline__ void warp_sum_per_word(T (&v)[MAX_T], int lane, int* first_word) {
+  int base = 0;
+  int count = MAX_T;
+#pragma unroll
+  for (int offset = (MAX_T >= 32 ? 16 : 8); offset >= 1; offset /= 2) {
+    const bool upper = (lane & offset) != 0;
+    const int half = count / 2;
+#pragma unroll
+    for (int i = 0; i < MAX_T / 2; ++i) {
+      if (i < half) {
+        const T send = upper ? v[i] : v[i + half];
+        const T keep = upper ? v[i + half] : v[i];
+        v[i] = keep + __shfl_xor_sync(0xffffffffu, send, offset);
+      }
+    }
+    base += upper ? half : 0;
+    count = half;
+  }
+  if (MAX_T < 32) v[0] += __shfl_xor_sync(0xffffffffu, v[0], 16);
+  *first_word = base;
+}
+
+// grad_regions, and per block the partial sums of grad_words over the tiles it walked:
+// word_partials[b, blockIdx.x, c, t].
 template <typename scalar_t, int MAX_T>
 __global__ void __launch_bounds__(kThreads)
 backward_kernel(const scalar_t* __restrict__ grad_context, const scalar_t* __restrict__ grad_attn,
                 const scalar_t* __restrict__ regions, const scalar_t* __restrict__ words,
                 const bool* __restrict__ pad_mask, const at::opmath_type<scalar_t>* __restrict__ lse,
-                scalar_t* __restrict__ grad_regions, scalar_t* __restrict__ attn_out, scalar_t* __restrict__ ds_out,
+                scalar_t* __restrict__ grad_regions, at::opmath_type<scalar_t>* __restrict__ word_partials,
                 int64_t channels, int64_t num_regions, int words_count) {
   using acc_t = at::opmath_type<scalar_t>;
   __shared__ acc_t shared[kChunk][MAX_T];
-  const int64_t b = blockIdx.y;
-  const int64_t n = static_cast<int64_t>(blockIdx.x) * kThreads + threadIdx.x;
-  const bool active = n < num_regions;
-  const scalar_t* w = words + b * channels * words_count;
+  extern __shared__ __align__(16) unsigned char dynamic_shared[];
+  acc_t* word_sums = reinterpret_cast<acc_t*>(dynamic_shared);  // [channels][MAX_T]
+  for (int64_t k = threadIdx.x; k < channels * MAX_T; k += kThreads) word_sums[k] = 0;
+  __syncthreads();
 
+  const int64_t b = blockIdx.y;
+  const int lane = threadIdx.x % 32;
+  const scalar_t* r = regions + b * channels * num_regions;
+  const scalar_t* g = grad_context + b * channels * num_regions;
+  const scalar_t* w = words + b * channels * words_count;
+  scalar_t* gr = grad_regions + b * channels * num_regions;
   bool valid[MAX_T];
   load_valid<MAX_T>(valid, pad_mask, b, words_count);
-  acc_t p[MAX_T];
-  acc_t dp[MAX_T];
+
+  const int64_t tiles = (num_regions + kThreads - 1) / kThreads;
+  for (int64_t tile = blockIdx.x; tile < tiles; tile += gridDim.x) {  // uniform across the block
+    const int64_t n = tile * kThreads + threadIdx.x;
+    const bool active = n < num_regions;
+    acc_t p[MAX_T];
+    acc_t ds[MAX_T];
 #pragma unroll
-  for (int t = 0; t < MAX_T; ++t) p[t] = dp[t] = 0;
-  project_onto_words<scalar_t, acc_t, MAX_T>(p, shared, regions + b * channels * num_regions, w, channels,
-                                             num_regions, words_count, n, active);
-  project_onto_words<scalar_t, acc_t, MAX_T>(dp, shared, grad_context + b * channels * num_regions, w, channels,
-                                             num_regions, words_count, n, active);
-  const acc_t l = active ? lse[b * num_regions + n] : std::numeric_limits<acc_t>::infinity();
-  acc_t delta = 0;
+    for (int t = 0; t < MAX_T; ++t) p[t] = ds[t] = 0;
+    project_onto_words<scalar_t, acc_t, MAX_T>(p, shared, r, w, channels, num_regions, words_count, n, active);
+    project_onto_words<scalar_t, acc_t, MAX_T>(ds, shared, g, w, channels, num_regions, words_count, n, active);
+    const acc_t l = active ? lse[b * num_regions + n] : std::numeric_limits<acc_t>::infinity();
+    acc_t delta = 0;
 #pragma unroll
-  for (int t = 0; t < MAX_T; ++t) {
-    p[t] = valid[t] ? ::exp(p[t] - l) : acc_t(0);  // l = +inf for a fully padded sample: p = 0
-    if (grad_attn != nullptr && active && t < words_count) {
-      dp[t] += static_cast<acc_t>(grad_attn[(b * words_count + t) * num_regions + n]);
+    for (int t = 0; t < MAX_T; ++t) {
+      p[t] = valid[t] ? ::exp(p[t] - l) : acc_t(0);  // l = +inf (fully padded sample, or past N): p = 0
+      if (grad_attn != nullptr && active && t < words_count) {
+        ds[t] += static_cast<acc_t>(grad_attn[(b * words_count + t) * num_regions + n]);
+      }
+      delta += p[t] * ds[t];
     }
-    delta += p[t] * dp[t];
-  }
 #pragma unroll
-  for (int t = 0; t < MAX_T; ++t) dp[t] = p[t] * (dp[t] - delta);  // now ds
-  if (active) {
-    for (int t = 0; t < words_count && t < MAX_T; ++t) {
-      const int64_t index = (b * words_count + t) * num_regions + n;
-      attn_out[index] = static_cast<scalar_t>(p[t]);
-      ds_out[index] = static_cast<scalar_t>(dp[t]);
+    for (int t = 0; t < MAX_T; ++t) ds[t] = p[t] * (ds[t] - delta);
+
+    for (int64_t c0 = 0; c0 < channels; c0 += kChunk) {
+      stage_words<scalar_t, acc_t, MAX_T>(shared, w, channels, words_count, c0);
+      const int count = static_cast<int>(min(static_cast<int64_t>(kChunk), channels - c0));
+      for (int c = 0; c < count; ++c) {  // every lane takes part: the warp sums below shuffle
+        const int64_t at_c = (c0 + c) * num_regions + n;
+        const acc_t rv = active ? static_cast<acc_t>(r[at_c]) : acc_t(0);
+        const acc_t gv = active ? static_cast<acc_t>(g[at_c]) : acc_t(0);
+        acc_t grad_region = 0;
+        acc_t v[MAX_T];
+#pragma unroll
+        for (int t = 0; t < MAX_T; ++t) {
+          grad_region += ds[t] * shared[c][t];
+          v[t] = ds[t] * rv + p[t] * gv;
+        }
+        if (active) gr[at_c] = static_cast<scalar_t>(grad_region);
+        int first_word = 0;
+        warp_sum_per_word<acc_t, MAX_T>(v, lane, &first_word);
+#pragma unroll
+        for (int i = 0; i < kWordsPerLane<MAX_T>; ++i) {
+          if (first_word + i < words_count && (MAX_T >= 32 || lane < 16)) {
+            atomicAdd(&word_sums[(c0 + c) * MAX_T + first_word + i], v[i]);
+          }
+        }
+      }
     }
   }
-  combine_words<scalar_t, acc_t, MAX_T>(grad_regions + b * channels * num_regions, dp, shared, w, channels,
-                                        num_regions, words_count, n, active);
+  __syncthreads();
+  acc_t* partial = word_partials + (b * gridDim.x + blockIdx.x) * channels * words_count;
+  for (int64_t k = threadIdx.x; k < channels * words_count; k += kThreads) {
+    partial[k] = word_sums[(k / words_count) * MAX_T + k % words_count];
+  }
 }
 
 // Calls body(std::integral_constant<int, MAX_T>) with the smallest instantiated MAX_T >= T.
@@ -234,6 +305,12 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor> word_region_attention_cuda(const 
   return {context, attn, lse};
 }
 
+int device_attribute(cudaDeviceAttr attribute, int device) {
+  int value = 0;
+  C10_CUDA_CHECK(cudaDeviceGetAttribute(&value, attribute, device));
+  return value;
+}
+
 std::tuple<at::Tensor, at::Tensor> word_region_attention_backward_cuda(
     const at::Tensor& grad_context_in, const std::optional<at::Tensor>& grad_attn_in, const at::Tensor& regions_in,
     const at::Tensor& words_in, const std::optional<at::Tensor>& pad_mask, const at::Tensor& lse_in) {
@@ -249,34 +326,45 @@ std::tuple<at::Tensor, at::Tensor> word_region_attention_backward_cuda(
   at::Tensor mask_holder;
   const bool* mask = mask_pointer(pad_mask, mask_holder);
   at::Tensor grad_regions = at::empty_like(regions);
-  at::Tensor attn = at::empty({s.batch, s.words, s.regions}, regions.options());
-  at::Tensor ds = at::empty({s.batch, s.words, s.regions}, regions.options());
-  if (s.batch > 0 && s.regions > 0) {
-    TORCH_CHECK(s.batch <= 65535, "word_region_attention: the CUDA kernel supports B <= 65535, got ", s.batch);
-    const dim3 grid(static_cast<unsigned>((s.regions + kThreads - 1) / kThreads), static_cast<unsigned>(s.batch));
-    const auto stream = c10::cuda::getCurrentCUDAStream();
-    AT_DISPATCH_FLOATING_TYPES_AND2(at::kHalf, at::kBFloat16, regions.scalar_type(),
-                                    "word_region_attention_backward_cuda", [&] {
-                                      dispatch_max_words(s.words, [&](auto max_words) {
-      constexpr int MAX_T = decltype(max_words)::value;
-                                        backward_kernel<scalar_t, MAX_T><<<grid, kThreads, 0, stream>>>(
-                                            grad_context.const_data_ptr<scalar_t>(),
-                                            grad_attn.defined() ? grad_attn.const_data_ptr<scalar_t>() : nullptr,
-                                            regions.const_data_ptr<scalar_t>(), words.const_data_ptr<scalar_t>(),
-                                            mask, lse.const_data_ptr<at::opmath_type<scalar_t>>(),
-                                            grad_regions.mutable_data_ptr<scalar_t>(),
-                                            attn.mutable_data_ptr<scalar_t>(), ds.mutable_data_ptr<scalar_t>(),
-                                            s.channels, s.regions, static_cast<int>(s.words));
-                                        C10_CUDA_KERNEL_LAUNCH_CHECK();
-                                      });
-                                    });
-  } else {
-    attn.zero_();
-    ds.zero_();
+  if (s.batch == 0 || s.regions == 0 || s.channels == 0) {
+    return {grad_regions, at::zeros_like(words)};
   }
-  // grad_words[b] = regions[b] . ds[b]^T + grad_context[b] . attn[b]^T   ([C, N] x [N, T])
-  at::Tensor grad_words = at::bmm(regions, ds.transpose(1, 2));
-  grad_words.add_(at::bmm(grad_context, attn.transpose(1, 2)));
+  TORCH_CHECK(s.batch <= 65535, "word_region_attention: the CUDA kernel supports B <= 65535, got ", s.batch);
+  const int device = regions.get_device();
+  // Enough blocks to fill the GPU a few times over; each walks its share of the sample's region tiles.
+  const int64_t tiles = (s.regions + kThreads - 1) / kThreads;
+  const int64_t target_blocks = 4 * static_cast<int64_t>(device_attribute(cudaDevAttrMultiProcessorCount, device));
+  const int64_t blocks_per_sample = std::clamp<int64_t>((target_blocks + s.batch - 1) / s.batch, 1, tiles);
+  const dim3 grid(static_cast<unsigned>(blocks_per_sample), static_cast<unsigned>(s.batch));
+  const at::ScalarType stats_type = word_region_stats_type(regions.scalar_type());
+  at::Tensor word_partials =
+      at::empty({s.batch, blocks_per_sample, s.channels, s.words}, regions.options().dtype(stats_type));
+  const auto stream = c10::cuda::getCurrentCUDAStream();
+  AT_DISPATCH_FLOATING_TYPES_AND2(at::kHalf, at::kBFloat16, regions.scalar_type(),
+                                  "word_region_attention_backward_cuda", [&] {
+    using acc_t = at::opmath_type<scalar_t>;
+    dispatch_max_words(s.words, [&](auto max_words) {
+      constexpr int MAX_T = decltype(max_words)::value;
+      const auto kernel = backward_kernel<scalar_t, MAX_T>;
+      const size_t shared_bytes = static_cast<size_t>(s.channels) * MAX_T * sizeof(acc_t);
+      const size_t static_bytes = sizeof(acc_t) * kChunk * MAX_T;
+      const size_t limit = static_cast<size_t>(device_attribute(cudaDevAttrMaxSharedMemoryPerBlockOptin, device));
+      TORCH_CHECK(shared_bytes + static_bytes <= limit, "word_region_attention: the CUDA backward keeps a [C, T] sum "
+                  "in shared memory; C = ", s.channels, " with T = ", s.words, " needs ", shared_bytes + static_bytes,
+                  " bytes, more than this GPU's ", limit, "; use the Triton backend");
+      if (shared_bytes > 48 * 1024) {
+        C10_CUDA_CHECK(cudaFuncSetAttribute(kernel, cudaFuncAttributeMaxDynamicSharedMemorySize,
+                                            static_cast<int>(shared_bytes)));
+      }
+      kernel<<<grid, kThreads, shared_bytes, stream>>>(
+          grad_context.const_data_ptr<scalar_t>(), grad_attn.defined() ? grad_attn.const_data_ptr<scalar_t>() : nullptr,
+          regions.const_data_ptr<scalar_t>(), words.const_data_ptr<scalar_t>(), mask, lse.const_data_ptr<acc_t>(),
+          grad_regions.mutable_data_ptr<scalar_t>(), word_partials.mutable_data_ptr<acc_t>(), s.channels, s.regions,
+          static_cast<int>(s.words));
+      C10_CUDA_KERNEL_LAUNCH_CHECK();
+    });
+  });
+  at::Tensor grad_words = at::sum(word_partials, {1}).to(regions.scalar_type());
   return {grad_regions, grad_words};
 }
 
