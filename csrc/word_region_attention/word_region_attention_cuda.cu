@@ -14,6 +14,8 @@
 // block writes its [C, T] partial sum; the partials are added up afterwards.
 #include "word_region_attention.h"
 
+#include "../common/warp_sums.cuh"
+
 #include <ATen/Dispatch.h>
 #include <ATen/ops/empty.h>
 #include <ATen/ops/empty_like.h>
@@ -144,36 +146,6 @@ forward_kernel(const scalar_t* __restrict__ regions, const scalar_t* __restrict_
                                         words_count, n, active);
 }
 
-// Sums v[t] over the 32 lanes of a warp for every t. Butterfly: at each step a lane keeps one half of its
-// values, sends the other half to its partner and adds what it receives, so 31 shuffles reduce 32 values.
-// Afterwards v[i], i < kWordsPerLane<MAX_T>, holds the total for word *first_word + i. With MAX_T = 16,
-// lanes 16..31 hold copies of lanes 0..15.
-template <int MAX_T>
-constexpr int kWordsPerLane = MAX_T >= 32 ? MAX_T / 32 : 1;
-
-template <typename T, int MAX_T>
-__device__ __forceinline__ void warp_sum_per_word(T (&v)[MAX_T], int lane, int* first_word) {
-  int base = 0;
-  int count = MAX_T;
-#pragma unroll
-  for (int offset = (MAX_T >= 32 ? 16 : 8); offset >= 1; offset /= 2) {
-    const bool upper = (lane & offset) != 0;
-    const int half = count / 2;
-#pragma unroll
-    for (int i = 0; i < MAX_T / 2; ++i) {
-      if (i < half) {
-        const T send = upper ? v[i] : v[i + half];
-        const T keep = upper ? v[i + half] : v[i];
-        v[i] = keep + __shfl_xor_sync(0xffffffffu, send, offset);
-      }
-    }
-    base += upper ? half : 0;
-    count = half;
-  }
-  if (MAX_T < 32) v[0] += __shfl_xor_sync(0xffffffffu, v[0], 16);
-  *first_word = base;
-}
-
 // grad_regions, and per block the partial sums of grad_words over the tiles it walked:
 // word_partials[b, blockIdx.x, c, t].
 template <typename scalar_t, int MAX_T>
@@ -241,7 +213,7 @@ backward_kernel(const scalar_t* __restrict__ grad_context, const scalar_t* __res
         warp_sum_per_word<acc_t, MAX_T>(v, lane, &first_word);
 #pragma unroll
         for (int i = 0; i < kWordsPerLane<MAX_T>; ++i) {
-          if (first_word + i < words_count && (MAX_T >= 32 || lane < 16)) {
+          if (first_word + i < words_count && lane_holds_word_sums<MAX_T>(lane)) {
             atomicAdd(&word_sums[(c0 + c) * MAX_T + first_word + i], v[i]);
           }
         }
