@@ -78,6 +78,13 @@ def test_matches_reference_cpu(backend, case):
         torch.testing.assert_close(g, w.float(), rtol=1e-4, atol=1e-5)
 
 
+@pytest.mark.parametrize("backend", ["reference", *kernel_backends(OP, "cpu")])
+def test_int32_lengths(backend):
+    words, lengths, regions = _inputs(*CASES[0])
+    fn = _with_backend(backend)
+    torch.testing.assert_close(fn(words, lengths.int(), regions), fn(words, lengths, regions))
+
+
 @pytest.mark.parametrize("backend", kernel_backends(OP, "cpu"))
 def test_non_contiguous_inputs(backend):
     words = torch.randn(3, 6, 20).transpose(1, 2)  # [B, D=20, T=6]

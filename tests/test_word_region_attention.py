@@ -16,6 +16,7 @@ CASES = [
     (1, 8, 19, 1, "none"),
     (2, 33, 129, 18, "random"),
     (4, 5, 1, 3, "first_word_only"),
+    (2, 6, 20, 70, "random"),  # T beyond the CUDA kernel's 64: CPU and Triton take any T
 ]
 
 
@@ -218,7 +219,7 @@ def test_bad_arguments_are_named():
 # fp32: the kernels accumulate in fp32 (Triton with exact fp32 products); bf16: inputs and outputs
 # rounded to bf16 (8 bits of mantissa), compared with the float64 reference on the same bf16 inputs.
 GPU_TOLERANCES = {torch.float32: (1e-4, 1e-4), torch.bfloat16: (3e-2, 3e-2)}
-GPU_CASES = [*CASES, (20, 32, 64 * 64, 18, "random"), (3, 64, 1000, 30, "some_rows_fully_padded")]
+GPU_CASES = [*CASES[:-1], (20, 32, 64 * 64, 18, "random"), (3, 64, 1000, 30, "some_rows_fully_padded")]
 
 
 @requires_cuda
@@ -264,3 +265,11 @@ def test_torch_compile_fullgraph_cuda(backend):
 @pytest.mark.parametrize("backend", kernel_backends(OP, "cuda") if HAS_CUDA else ["native", "triton"])
 def test_opcheck_cuda(backend):
     _opcheck("word_region_attention" if backend == "native" else "word_region_attention_triton", "cuda")
+
+
+@requires_cuda
+@pytest.mark.parametrize("backend", kernel_backends(OP, "cuda")[:1] if HAS_CUDA else ["native"])
+def test_native_cuda_rejects_more_than_64_words(backend):
+    regions, words, _ = _inputs(1, 4, 10, 65, "none", device="cuda")
+    with t2ifast.backend(backend), pytest.raises(RuntimeError, match="at most 64 words"):
+        word_region_attention(regions, words)
