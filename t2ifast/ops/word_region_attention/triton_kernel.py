@@ -26,10 +26,19 @@ def _blocks(channels, words):
     return block_c, block_t, block_n
 
 
-def _dot_precision(dtype):
+def _exact_dot(dtype):
     # float32 inputs: exact float32 products (TF32 would lose ~3 digits against the reference);
-    # the setting only matters for float32 (and must be exact for float64)
-    return "ieee" if dtype in (torch.float32, torch.float64) else "tf32"
+    # float64 must be exact too; half-precision inputs use the tensor cores as they are
+    return dtype in (torch.float32, torch.float64)
+
+
+@triton.jit
+def _dot(a, b, EXACT: tl.constexpr):
+    if EXACT:
+        c = tl.dot(a, b, input_precision="ieee")
+    else:
+        c = tl.dot(a, b)
+    return c
 
 
 @triton.jit
@@ -46,7 +55,7 @@ def _scores(
     BLOCK_C: tl.constexpr,
     BLOCK_T: tl.constexpr,
     BLOCK_N: tl.constexpr,
-    DOT_PRECISION: tl.constexpr,
+    EXACT_DOT: tl.constexpr,
 ):
     """The tile's regions [BLOCK_C, BLOCK_N], words [BLOCK_C, BLOCK_T], scores [BLOCK_N, BLOCK_T] and the
     validity of each word (padded words and the columns past T are invalid)."""
@@ -61,7 +70,7 @@ def _scores(
     if HAS_MASK:
         padded = tl.load(mask_ptr + b * T + offs_t, mask=in_t, other=1)
         valid = valid & (padded == 0)
-    s = tl.dot(tl.trans(r), w, input_precision=DOT_PRECISION)
+    s = _dot(tl.trans(r), w, EXACT_DOT)
     return r, w, s, valid, offs_c, offs_t, offs_n
 
 
@@ -81,12 +90,12 @@ def _forward_kernel(
     BLOCK_C: tl.constexpr,
     BLOCK_T: tl.constexpr,
     BLOCK_N: tl.constexpr,
-    DOT_PRECISION: tl.constexpr,
+    EXACT_DOT: tl.constexpr,
 ):
     pid_n = tl.program_id(0)
     b = tl.program_id(1)
     _r, w, s, valid, offs_c, offs_t, offs_n = _scores(
-        r_ptr, w_ptr, mask_ptr, b, pid_n, C, N, T, HAS_MASK, BLOCK_C, BLOCK_T, BLOCK_N, DOT_PRECISION
+        r_ptr, w_ptr, mask_ptr, b, pid_n, C, N, T, HAS_MASK, BLOCK_C, BLOCK_T, BLOCK_N, EXACT_DOT
     )
     s = tl.where(valid[None, :], s, float("-inf"))
     m = tl.max(s, axis=1)
@@ -98,7 +107,7 @@ def _forward_kernel(
     lse = tl.where(empty, float("inf"), m + tl.log(total))
     in_n = offs_n < N
     tl.store(lse_ptr + b * N + offs_n, lse, mask=in_n)
-    ctx = tl.dot(w, tl.trans(p.to(w.dtype)), input_precision=DOT_PRECISION)  # [BLOCK_C, BLOCK_N]
+    ctx = _dot(w, tl.trans(p.to(w.dtype)), EXACT_DOT)  # [BLOCK_C, BLOCK_N]
     ctx_mask = (offs_c < C)[:, None] & in_n[None, :]
     tl.store(
         ctx_ptr + b * C * N + offs_c[:, None] * N + offs_n[None, :], ctx.to(ctx_ptr.dtype.element_ty), mask=ctx_mask
@@ -127,12 +136,12 @@ def _backward_kernel(
     BLOCK_C: tl.constexpr,
     BLOCK_T: tl.constexpr,
     BLOCK_N: tl.constexpr,
-    DOT_PRECISION: tl.constexpr,
+    EXACT_DOT: tl.constexpr,
 ):
     pid_n = tl.program_id(0)
     b = tl.program_id(1)
     r, w, s, valid, offs_c, offs_t, offs_n = _scores(
-        r_ptr, w_ptr, mask_ptr, b, pid_n, C, N, T, HAS_MASK, BLOCK_C, BLOCK_T, BLOCK_N, DOT_PRECISION
+        r_ptr, w_ptr, mask_ptr, b, pid_n, C, N, T, HAS_MASK, BLOCK_C, BLOCK_T, BLOCK_N, EXACT_DOT
     )
     in_n = offs_n < N
     in_c = offs_c < C
@@ -141,16 +150,16 @@ def _backward_kernel(
     p = tl.where(valid[None, :], tl.exp(s - lse[:, None]), 0.0)
     tile = in_c[:, None] & in_n[None, :]
     g = tl.load(g_ptr + b * C * N + offs_c[:, None] * N + offs_n[None, :], mask=tile)
-    dp = tl.dot(tl.trans(g), w, input_precision=DOT_PRECISION)  # [BLOCK_N, BLOCK_T]
+    dp = _dot(tl.trans(g), w, EXACT_DOT)  # [BLOCK_N, BLOCK_T]
     if HAS_GRAD_ATTN:
         attn_mask = in_n[:, None] & (offs_t < T)[None, :]
         dp += tl.load(gattn_ptr + b * T * N + offs_t[None, :] * N + offs_n[:, None], mask=attn_mask).to(tl.float32)
     delta = tl.sum(p * dp, axis=1)
     ds = p * (dp - delta[:, None])
-    gr = tl.dot(w, tl.trans(ds.to(w.dtype)), input_precision=DOT_PRECISION)  # [BLOCK_C, BLOCK_N]
+    gr = _dot(w, tl.trans(ds.to(w.dtype)), EXACT_DOT)  # [BLOCK_C, BLOCK_N]
     tl.store(gr_ptr + b * C * N + offs_c[:, None] * N + offs_n[None, :], gr.to(gr_ptr.dtype.element_ty), mask=tile)
-    gw = tl.dot(r, ds.to(r.dtype), input_precision=DOT_PRECISION)  # [BLOCK_C, BLOCK_T]
-    gw += tl.dot(g, p.to(g.dtype), input_precision=DOT_PRECISION)
+    gw = _dot(r, ds.to(r.dtype), EXACT_DOT)  # [BLOCK_C, BLOCK_T]
+    gw += _dot(g, p.to(g.dtype), EXACT_DOT)
     tiles = tl.num_programs(0)
     partial = partial_ptr + (b * tiles + pid_n) * BLOCK_C * BLOCK_T
     tl.store(partial + offs_c[:, None] * BLOCK_T + offs_t[None, :], gw)
@@ -192,7 +201,7 @@ def word_region_attention_triton(
             BLOCK_C=block_c,
             BLOCK_T=block_t,
             BLOCK_N=block_n,
-            DOT_PRECISION=_dot_precision(regions.dtype),
+            EXACT_DOT=_exact_dot(regions.dtype),
         )
     return context, attn, lse
 
@@ -240,7 +249,7 @@ def word_region_attention_backward_triton(
             BLOCK_C=block_c,
             BLOCK_T=block_t,
             BLOCK_N=block_n,
-            DOT_PRECISION=_dot_precision(regions.dtype),
+            EXACT_DOT=_exact_dot(regions.dtype),
         )
     grad_words = partials.sum(dim=1)[:, :C, :T].to(words.dtype).contiguous()
     return grad_regions, grad_words
