@@ -131,11 +131,18 @@ def test_opcheck_cpu(backend):
     torch.library.opcheck(backward, args, **kwargs)
 
 
-def test_torch_compile_fullgraph_reference():
+@pytest.mark.parametrize("backend", ["reference", *kernel_backends(OP, "cpu")[:1]])
+def test_torch_compile_fullgraph(backend):
     torch._dynamo.reset()
     words, lengths, regions = _inputs(*CASES[0])
-    fn = _with_backend("reference")
-    torch.testing.assert_close(torch.compile(fn, fullgraph=True)(words, lengths, regions), fn(words, lengths, regions))
+    words.requires_grad_(True)
+    fn = _with_backend(backend)
+    scores = torch.compile(fn, fullgraph=True)(words, lengths, regions)
+    (grad,) = torch.autograd.grad(scores.sum(), words)
+    want = fn(words, lengths, regions)
+    (want_grad,) = torch.autograd.grad(want.sum(), words)
+    torch.testing.assert_close(scores, want)
+    torch.testing.assert_close(grad, want_grad)
 
 
 def test_bad_arguments_are_named():
