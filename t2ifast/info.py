@@ -27,7 +27,7 @@ def report():
     if _extension.LOADED:
         lines.append("extension      t2ifast._C loaded")
         for op, devices in sorted(_extension.NATIVE_KERNELS.items()):
-            lines.append(f"  {op:<28} kernels: {', '.join(sorted(devices)) or 'none'}")
+            lines.append(f"  {op:<32} kernels: {', '.join(sorted(devices)) or 'none'}")
     else:
         lines.append(f"extension      not available: {_extension.LOAD_ERROR}")
     triton_version = _version("triton", "pytorch-triton")

@@ -83,7 +83,7 @@ def test_info_reports_the_build_truthfully():
     assert f"torch          {torch.__version__}" in out
     if _extension.LOADED:
         devices = ", ".join(sorted(_extension.NATIVE_KERNELS["matching_aware_loss"]))
-        assert f"matching_aware_loss          kernels: {devices}" in out
+        assert f"{'matching_aware_loss':<32} kernels: {devices}" in out
     else:
         assert "extension      not available" in out
     assert ("gpu 0" in out) == torch.cuda.is_available()
