@@ -33,27 +33,6 @@ def _op(name, backend):
     return getattr(torch.ops.t2ifast, name if backend == "native" else f"{name}_triton")
 
 
-class _BatchNormActTrain(torch.autograd.Function):
-    """Training-mode BatchNorm + activation on a fused op; saves y, mean and invstd only."""
-
-    @staticmethod
-    def forward(ctx, y, weight, bias, running_mean, running_var, momentum, eps, act, negative_slope, backend):
-        out, mean, invstd = _op("bn_act_train", backend)(
-            y, weight, bias, running_mean, running_var, momentum, eps, act, negative_slope
-        )
-        ctx.save_for_backward(y, weight, bias, mean, invstd)
-        ctx.act, ctx.negative_slope, ctx.backend = act, negative_slope, backend
-        return out
-
-    @staticmethod
-    def backward(ctx, grad_out):
-        y, weight, bias, mean, invstd = ctx.saved_tensors
-        grad_y, grad_weight, grad_bias = _op("bn_act_backward", ctx.backend)(
-            grad_out, y, weight, bias, mean, invstd, ctx.act, ctx.negative_slope
-        )
-        return grad_y, grad_weight, grad_bias, None, None, None, None, None, None, None
-
-
 def _check_per_channel(channels, **tensors):
     for name, value in tensors.items():
         if value is not None and tuple(value.shape) != (channels,):
@@ -102,9 +81,10 @@ def _bn_act_train(y, weight, bias, running_mean, running_var, momentum, eps, act
         running_mean = torch.zeros(y.shape[1], dtype=y.dtype, device=y.device)
         running_var = torch.ones(y.shape[1], dtype=y.dtype, device=y.device)
     backend = _backend.select("bn_act_train", y.device.type)
-    return _BatchNormActTrain.apply(
-        y, weight, bias, running_mean, running_var, float(momentum), float(eps), act, float(negative_slope), backend
+    out, _mean, _invstd = _op("bn_act_train", backend)(
+        y, weight, bias, running_mean, running_var, float(momentum), float(eps), act, float(negative_slope)
     )
+    return out
 
 
 def _eval_scale_shift(weight, bias, running_mean, running_var, eps):

@@ -1,8 +1,9 @@
 """Fake (shape-only) and autograd functions of the native and Triton BatchNorm + activation ops.
 
-``bn_act_train`` mutates the running statistics, and torch.library accepts autograd formulas only for
-functional ops: its gradient is the autograd.Function in ``__init__.py`` (forward: bn_act_train; backward:
-bn_act_backward). ``affine_act`` is functional and gets its autograd formula here."""
+``bn_act_train`` mutates the running statistics, and ``torch.library.register_autograd`` accepts only
+functional ops: so its autograd kernel is registered directly to the Autograd dispatch key, an
+autograd.Function that runs the op below autograd and saves y, mean and invstd for ``bn_act_backward``.
+``affine_act`` is functional and gets its formula through ``register_autograd``."""
 
 import torch
 
@@ -35,6 +36,36 @@ def _affine_act_backward_fake(grad_out, y, scale, shift, act, negative_slope):
     return torch.empty_like(y, memory_format=torch.contiguous_format), torch.empty_like(scale), torch.empty_like(shift)
 
 
+class _BatchNormActTrain(torch.autograd.Function):
+    """Autograd of bn_act_train{suffix}: saves the conv output y and the per-channel statistics only."""
+
+    @staticmethod
+    def forward(ctx, suffix, y, weight, bias, running_mean, running_var, momentum, eps, act, negative_slope):
+        with torch._C._AutoDispatchBelowAutograd():
+            out, mean, invstd = getattr(torch.ops.t2ifast, f"bn_act_train{suffix}")(
+                y, weight, bias, running_mean, running_var, momentum, eps, act, negative_slope
+            )
+        ctx.save_for_backward(y, weight, bias, mean, invstd)
+        ctx.suffix, ctx.act, ctx.negative_slope = suffix, act, negative_slope
+        ctx.mark_non_differentiable(mean, invstd)
+        return out, mean, invstd
+
+    @staticmethod
+    def backward(ctx, grad_out, _grad_mean, _grad_invstd):
+        y, weight, bias, mean, invstd = ctx.saved_tensors
+        grad_y, grad_weight, grad_bias = getattr(torch.ops.t2ifast, f"bn_act_backward{ctx.suffix}")(
+            grad_out, y, weight, bias, mean, invstd, ctx.act, ctx.negative_slope
+        )
+        return None, grad_y, grad_weight, grad_bias, None, None, None, None, None, None
+
+
+def _bn_act_train_autograd(suffix):
+    def autograd_kernel(*args):
+        return _BatchNormActTrain.apply(suffix, *args)
+
+    return autograd_kernel
+
+
 def _affine_act_setup_context(ctx, inputs, output):
     y, scale, shift, act, negative_slope = inputs
     ctx.save_for_backward(y, scale, shift)  # the activation's mask is recomputed from y, never kept
@@ -65,6 +96,7 @@ if _backend.TRITON_AVAILABLE:
 
     SUFFIXES.append("_triton")
 
+_LIBRARY = torch.library.Library("t2ifast", "IMPL")  # holds the Autograd kernels of bn_act_train*
 for _suffix in SUFFIXES:
     for _name, _fake in FAKES.items():
         # Explicit fakes for the Triton ops too: triton_op's traced one would run the kernels on fake
@@ -75,3 +107,4 @@ for _suffix in SUFFIXES:
         _affine_act_backward(getattr(torch.ops.t2ifast, f"affine_act_backward{_suffix}")),
         setup_context=_affine_act_setup_context,
     )
+    _LIBRARY.impl(f"bn_act_train{_suffix}", _bn_act_train_autograd(_suffix), "Autograd")
