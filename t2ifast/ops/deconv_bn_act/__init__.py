@@ -280,13 +280,18 @@ def upsample_conv_bn_act(
     act="glu",
     negative_slope=0.2,
     scale_factor=2,
+    stride=1,
     padding=1,
+    dilation=1,
+    groups=1,
 ):
     """act(BatchNorm2d(conv2d(nearest_upsample(x), weight, bias))): AttnGAN's up-block (3x3 conv, GLU).
 
-    weight is a Conv2d weight [C_out, C_in, kH, kW] (C_out = 2 x the block's output channels for GLU).
+    weight is a Conv2d weight [C_out, C_in/groups, kH, kW] (C_out = 2 x the block's output channels for GLU);
+    scale_factor is the nearest-neighbour upsampling factor. In eval mode BatchNorm is folded into the conv.
     """
-    channels = _check_conv_weight(x, weight, bias, transposed=False, groups=1)
+    channels = _check_conv_weight(x, weight, bias, transposed=False, groups=groups)
+    conv_args = {"stride": stride, "padding": padding, "dilation": dilation, "groups": groups}
     _check_per_channel(
         channels, bn_weight=bn_weight, bn_bias=bn_bias, running_mean=running_mean, running_var=running_var
     )
@@ -301,7 +306,7 @@ def upsample_conv_bn_act(
             running_mean,
             running_var,
             scale_factor=scale_factor,
-            padding=padding,
+            conv_args=conv_args,
             training=training,
             momentum=momentum,
             eps=eps,
@@ -310,7 +315,7 @@ def upsample_conv_bn_act(
         )
     upsampled = F.interpolate(x, scale_factor=scale_factor, mode="nearest")
     if training:
-        y = F.conv2d(upsampled, weight, bias, padding=padding)
+        y = F.conv2d(upsampled, weight, bias, **conv_args)
         return bn_act(
             y,
             bn_weight,
@@ -338,5 +343,5 @@ def upsample_conv_bn_act(
     folded_weight, folded_bias = fold_batch_norm(
         weight, bias, bn_weight, bn_bias, running_mean, running_var, eps, transposed=False
     )
-    y = F.conv2d(upsampled, folded_weight, None, padding=padding)
+    y = F.conv2d(upsampled, folded_weight, None, **conv_args)
     return _affine_act(y, torch.ones_like(folded_bias), folded_bias, act, negative_slope)

@@ -65,7 +65,7 @@ def upsample_conv_bn_act_reference(
     running_var,
     *,
     scale_factor,
-    padding,
+    conv_args,
     training,
     momentum,
     eps,
@@ -73,7 +73,7 @@ def upsample_conv_bn_act_reference(
     negative_slope,
 ):
     """AttnGAN's up-block: nearest upsample -> conv2d -> BatchNorm -> activation (GLU in AttnGAN)."""
-    y = F.conv2d(F.interpolate(x, scale_factor=scale_factor, mode="nearest"), weight, bias, padding=padding)
+    y = F.conv2d(F.interpolate(x, scale_factor=scale_factor, mode="nearest"), weight, bias, **conv_args)
     return bn_act_reference(
         y,
         bn_weight,
