@@ -20,10 +20,10 @@ namespace {
 
 constexpr int64_t kGrain = 1;  // one channel of a generator layer is already thousands of elements
 
-// out = act(y * scale[c] + shift[c]) (GLU: over channel pairs).
+// out = act((y - center[c]) * scale[c] + shift[c]) (GLU: over channel pairs).
 template <typename scalar_t>
-void affine_act_forward_kernel(const scalar_t* y, const double* scale, const double* shift, scalar_t* out,
-                               const ChannelLayout& lay, Activation act, double slope) {
+void affine_act_forward_kernel(const scalar_t* y, const double* scale, const double* shift, const double* center,
+                               scalar_t* out, const ChannelLayout& lay, Activation act, double slope) {
   using opmath_t = at::opmath_type<scalar_t>;
   const int64_t L = lay.inner;
   at::parallel_for(0, lay.batch * lay.out_channels, kGrain, [&](int64_t begin, int64_t end) {
@@ -34,20 +34,22 @@ void affine_act_forward_kernel(const scalar_t* y, const double* scale, const dou
       scalar_t* o = out + row * L;
       const opmath_t sa = static_cast<opmath_t>(scale[c]);
       const opmath_t ta = static_cast<opmath_t>(shift[c]);
+      const opmath_t ma = static_cast<opmath_t>(center[c]);
       if (act == Activation::Glu) {
         const int64_t cb = c + lay.out_channels;
         const scalar_t* yb = y + (n * lay.channels + cb) * L;
         const opmath_t sb = static_cast<opmath_t>(scale[cb]);
         const opmath_t tb = static_cast<opmath_t>(shift[cb]);
+        const opmath_t mb = static_cast<opmath_t>(center[cb]);
         for (int64_t l = 0; l < L; ++l) {
-          const opmath_t a = static_cast<opmath_t>(ya[l]) * sa + ta;
-          const opmath_t b = static_cast<opmath_t>(yb[l]) * sb + tb;
+          const opmath_t a = (static_cast<opmath_t>(ya[l]) - ma) * sa + ta;
+          const opmath_t b = (static_cast<opmath_t>(yb[l]) - mb) * sb + tb;
           o[l] = static_cast<scalar_t>(a * sigmoid_of(b));
         }
       } else {
         const opmath_t s = static_cast<opmath_t>(slope);
         for (int64_t l = 0; l < L; ++l) {
-          o[l] = static_cast<scalar_t>(activate(static_cast<opmath_t>(ya[l]) * sa + ta, act, s));
+          o[l] = static_cast<scalar_t>(activate((static_cast<opmath_t>(ya[l]) - ma) * sa + ta, act, s));
         }
       }
     }
@@ -55,7 +57,7 @@ void affine_act_forward_kernel(const scalar_t* y, const double* scale, const dou
 }
 
 // Per input channel c: sum_dz[c] = sum of dL/dz, sum_dzy[c] = sum of dL/dz * (y - center[c]), where
-// dL/dz is recomputed from y, scale and shift.
+// dL/dz is recomputed from y: z = (y - center) * scale + shift.
 template <typename scalar_t>
 void backward_sums_kernel(const scalar_t* grad_out, const scalar_t* y, const double* scale, const double* shift,
                           const double* center, double* sum_dz, double* sum_dzy, const ChannelLayout& lay,
@@ -71,8 +73,8 @@ void backward_sums_kernel(const scalar_t* grad_out, const scalar_t* y, const dou
         if (act == Activation::Glu) {
           const scalar_t* yb = y + (n * lay.channels + cb) * L;
           for (int64_t l = 0; l < L; ++l) {
-            const double a = static_cast<double>(ya[l]) * scale[c] + shift[c];
-            const double b = static_cast<double>(yb[l]) * scale[cb] + shift[cb];
+            const double a = (static_cast<double>(ya[l]) - center[c]) * scale[c] + shift[c];
+            const double b = (static_cast<double>(yb[l]) - center[cb]) * scale[cb] + shift[cb];
             double ga, gb;
             glu_grad(static_cast<double>(g[l]), a, b, ga, gb);
             dz_a += ga;
@@ -83,7 +85,7 @@ void backward_sums_kernel(const scalar_t* grad_out, const scalar_t* y, const dou
         } else {
           for (int64_t l = 0; l < L; ++l) {
             const double yv = static_cast<double>(ya[l]);
-            const double dz = activation_grad(static_cast<double>(g[l]), yv * scale[c] + shift[c], act, slope);
+            const double dz = activation_grad(static_cast<double>(g[l]), (yv - center[c]) * scale[c] + shift[c], act, slope);
             dz_a += dz;
             dzy_a += dz * (yv - center[c]);
           }
@@ -123,7 +125,7 @@ void backward_elementwise_kernel(const scalar_t* grad_out, const scalar_t* y, co
           const opmath_t yav = static_cast<opmath_t>(ya[l]);
           const opmath_t ybv = static_cast<opmath_t>(yb[l]);
           opmath_t ga, gb;
-          glu_grad(static_cast<opmath_t>(g[l]), yav * sa + ta, ybv * sb + tb, ga, gb);
+          glu_grad(static_cast<opmath_t>(g[l]), (yav - ma) * sa + ta, (ybv - mb) * sb + tb, ga, gb);
           gya[l] = static_cast<scalar_t>(sa * ga - aa - ba * (yav - ma));
           gyb[l] = static_cast<scalar_t>(sb * gb - ab - bb * (ybv - mb));
         }
@@ -131,7 +133,7 @@ void backward_elementwise_kernel(const scalar_t* grad_out, const scalar_t* y, co
         const opmath_t s = static_cast<opmath_t>(slope);
         for (int64_t l = 0; l < L; ++l) {
           const opmath_t yv = static_cast<opmath_t>(ya[l]);
-          const opmath_t dz = activation_grad(static_cast<opmath_t>(g[l]), yv * sa + ta, act, s);
+          const opmath_t dz = activation_grad(static_cast<opmath_t>(g[l]), (yv - ma) * sa + ta, act, s);
           gya[l] = static_cast<scalar_t>(sa * dz - aa - ba * (yv - ma));
         }
       }
@@ -171,7 +173,7 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor> bn_act_train_cpu(const at::Tensor
     const scalar_t* yp = y.const_data_ptr<scalar_t>();
     const std::vector<double> gamma = to_double<scalar_t>(weight);
     const std::vector<double> beta = to_double<scalar_t>(bias);
-    std::vector<double> scale(lay.channels), shift(lay.channels);
+    std::vector<double> scale(lay.channels), shift(lay.channels), center(lay.channels);
     scalar_t* rm = running_mean.mutable_data_ptr<scalar_t>();
     scalar_t* rv = running_var.mutable_data_ptr<scalar_t>();
     stat_t* sm = save_mean.mutable_data_ptr<stat_t>();
@@ -194,19 +196,20 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor> bn_act_train_cpu(const at::Tensor
           }
         }
         const double invstd = 1.0 / std::sqrt(m2 / static_cast<double>(M) + eps);
-        // Saved statistics are rounded to stat_t; scale and shift are formed from the rounded values, as
-        // backward will form them.
+        // Saved statistics are rounded to stat_t; z = (y - mean) * scale + beta is formed from the rounded
+        // values, as backward will form it. Centring first keeps z exact when |mean| >> std.
         sm[c] = static_cast<stat_t>(mean);
         si[c] = static_cast<stat_t>(invstd);
         scale[c] = gamma[c] * static_cast<double>(si[c]);
-        shift[c] = beta[c] - static_cast<double>(sm[c]) * scale[c];
+        shift[c] = beta[c];
+        center[c] = static_cast<double>(sm[c]);
         const double unbiased = m2 / static_cast<double>(M - 1);
         rm[c] = static_cast<scalar_t>((1.0 - momentum) * static_cast<double>(rm[c]) + momentum * mean);
         rv[c] = static_cast<scalar_t>((1.0 - momentum) * static_cast<double>(rv[c]) + momentum * unbiased);
       }
     });
-    affine_act_forward_kernel<scalar_t>(yp, scale.data(), shift.data(), out.mutable_data_ptr<scalar_t>(), lay, act,
-                                        slope);
+    affine_act_forward_kernel<scalar_t>(yp, scale.data(), shift.data(), center.data(), out.mutable_data_ptr<scalar_t>(),
+                                        lay, act, slope);
   });
   return {out, save_mean, save_invstd};
 }
@@ -219,6 +222,8 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor> bn_act_backward_cpu(const at::Ten
   const Activation act = parse_activation(std::string_view(act_name.data(), act_name.size()));
   const ChannelLayout lay =
       check_bn_act_args(y_in, weight, bias, save_mean, save_invstd, act, "bn_act_backward", "mean", "invstd");
+  TORCH_CHECK(save_mean.scalar_type() == stats_dtype(y_in) && save_invstd.scalar_type() == stats_dtype(y_in),
+              "bn_act_backward: mean and invstd must be ", stats_dtype(y_in), " (as bn_act_train returns them)");
   const at::Tensor y = y_in.contiguous();
   const at::Tensor grad_out = grad_out_in.contiguous();
   TORCH_CHECK(grad_out.sizes() == at::IntArrayRef(output_sizes(y, lay)), "bn_act_backward: grad_out must have shape ",
@@ -236,7 +241,7 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor> bn_act_backward_cpu(const at::Ten
     std::vector<double> scale(C), shift(C), sum_dz(C), sum_dzy(C), alpha(C), coef(C);
     for (int64_t c = 0; c < C; ++c) {
       scale[c] = gamma[c] * invstd[c];
-      shift[c] = beta[c] - mean[c] * scale[c];
+      shift[c] = beta[c];
     }
     backward_sums_kernel<scalar_t>(grad_out.const_data_ptr<scalar_t>(), y.const_data_ptr<scalar_t>(), scale.data(),
                                    shift.data(), mean.data(), sum_dz.data(), sum_dzy.data(), lay, act, slope);
@@ -270,7 +275,8 @@ at::Tensor affine_act_cpu(const at::Tensor& y_in, const at::Tensor& scale, const
                 "affine_act: scale and shift must have the dtype of y (", y.scalar_type(), ")");
     const std::vector<double> s = to_double<scalar_t>(scale);
     const std::vector<double> t = to_double<scalar_t>(shift);
-    affine_act_forward_kernel<scalar_t>(y.const_data_ptr<scalar_t>(), s.data(), t.data(),
+    const std::vector<double> zeros(lay.channels, 0.0);
+    affine_act_forward_kernel<scalar_t>(y.const_data_ptr<scalar_t>(), s.data(), t.data(), zeros.data(),
                                         out.mutable_data_ptr<scalar_t>(), lay, act, slope);
   });
   return out;

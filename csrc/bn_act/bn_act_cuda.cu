@@ -2,7 +2,7 @@
 // and many elements per channel (N*H*W up to millions), so each per-channel reduction is cut into slices:
 // a grid of (channel, slice) blocks writes partial results, and a small kernel merges the slices of each
 // channel in a fixed order (deterministic, no atomics). Passes:
-//   training forward: partial Welford statistics -> merge (+ running-stat update, scale/shift) -> act(y*scale+shift)
+//   training forward: partial Welford statistics -> merge (+ running-stat update) -> act((y-mean)*scale+beta)
 //   backward:         partial sums of dL/dz and dL/dz*(y-mean) -> merge (+ grad_weight/grad_bias) -> grad_y
 // dL/dz is recomputed from y and the per-channel scale/shift: the BatchNorm output is never stored.
 #include "bn_act.h"
@@ -132,18 +132,18 @@ __global__ void stats_merge_kernel(const acc_t* __restrict__ partial, int64_t sl
   save_invstd[c] = invstd;
   const acc_t sc = static_cast<acc_t>(gamma[c]) * invstd;
   scale[c] = sc;
-  shift[c] = static_cast<acc_t>(beta[c]) - mean * sc;
+  shift[c] = static_cast<acc_t>(beta[c]);  // z = (y - mean) * scale + beta: centred first, exact for |mean| >> std
   const acc_t m = static_cast<acc_t>(momentum);
   running_mean[c] = static_cast<scalar_t>((acc_t(1) - m) * static_cast<acc_t>(running_mean[c]) + m * mean);
   running_var[c] =
       static_cast<scalar_t>((acc_t(1) - m) * static_cast<acc_t>(running_var[c]) + m * m2 / (count - acc_t(1)));
 }
 
-// out[n, c, l] = act(y[n, c, l] * scale[c] + shift[c]); GLU reads channels c and c + C_out.
+// out[n, c, l] = act((y[n, c, l] - center[c]) * scale[c] + shift[c]); GLU reads channels c and c + C_out.
 template <typename scalar_t, typename acc_t>
 __global__ void __launch_bounds__(kThreads)
 affine_act_kernel(const scalar_t* __restrict__ y, const acc_t* __restrict__ scale, const acc_t* __restrict__ shift,
-                  scalar_t* __restrict__ out, int64_t C, int64_t C_out, int64_t L, int64_t total, Activation act,
+                  const acc_t* __restrict__ center, scalar_t* __restrict__ out, int64_t C, int64_t C_out, int64_t L, int64_t total, Activation act,
                   acc_t slope) {
   for (int64_t i = blockIdx.x * static_cast<int64_t>(kThreads) + threadIdx.x; i < total;
        i += static_cast<int64_t>(gridDim.x) * kThreads) {
@@ -152,10 +152,11 @@ affine_act_kernel(const scalar_t* __restrict__ y, const acc_t* __restrict__ scal
     const int64_t c = row % C_out;
     const int64_t n = row / C_out;
     const int64_t a_offset = (n * C + c) * L + pos;
-    const acc_t a = static_cast<acc_t>(y[a_offset]) * scale[c] + shift[c];
+    const acc_t a = (static_cast<acc_t>(y[a_offset]) - center[c]) * scale[c] + shift[c];
     acc_t o;
     if (act == Activation::Glu) {
-      const acc_t b = static_cast<acc_t>(y[a_offset + C_out * L]) * scale[c + C_out] + shift[c + C_out];
+      const int64_t cb = c + C_out;
+      const acc_t b = (static_cast<acc_t>(y[a_offset + C_out * L]) - center[cb]) * scale[cb] + shift[cb];
       o = a * sigmoid_of(b);
     } else {
       o = activate(a, act, slope);
@@ -188,11 +189,11 @@ backward_sums_kernel(const scalar_t* __restrict__ grad_out, const scalar_t* __re
     if (glu) {
       const acc_t yb = static_cast<acc_t>(y[a_offset + C_out * L]);
       acc_t gb;
-      glu_grad(g, ya * sa + ta, yb * sb + tb, ga, gb);
+      glu_grad(g, (ya - ma) * sa + ta, (yb - mb) * sb + tb, ga, gb);
       dz_b += gb;
       dzy_b += gb * (yb - mb);
     } else {
-      ga = activation_grad(g, ya * sa + ta, act, slope);
+      ga = activation_grad(g, (ya - ma) * sa + ta, act, slope);
     }
     dz_a += ga;
     dzy_a += ga * (ya - ma);
@@ -262,14 +263,14 @@ backward_elementwise_kernel(const scalar_t* __restrict__ grad_out, const scalar_
     const int64_t a_offset = (n * C + c) * L + pos;
     const acc_t g = static_cast<acc_t>(grad_out[i]);
     const acc_t ya = static_cast<acc_t>(y[a_offset]);
-    const acc_t za = ya * scale[c] + shift[c];
+    const acc_t za = (ya - center[c]) * scale[c] + shift[c];
     acc_t ga;
     if (act == Activation::Glu) {
       const int64_t cb = c + C_out;
       const int64_t b_offset = a_offset + C_out * L;
       const acc_t yb = static_cast<acc_t>(y[b_offset]);
       acc_t gb;
-      glu_grad(g, za, yb * scale[cb] + shift[cb], ga, gb);
+      glu_grad(g, za, (yb - center[cb]) * scale[cb] + shift[cb], ga, gb);
       grad_y[b_offset] = static_cast<scalar_t>(scale[cb] * gb - alpha[cb] - beta[cb] * (yb - center[cb]));
     } else {
       ga = activation_grad(g, za, act, slope);
@@ -285,13 +286,14 @@ int64_t elementwise_blocks(int64_t total) {
 int64_t merge_blocks(int64_t channels) { return (channels + kMergeThreads - 1) / kMergeThreads; }
 
 template <typename scalar_t, typename acc_t>
-void launch_affine_act(const at::Tensor& y, const at::Tensor& scale, const at::Tensor& shift, at::Tensor& out,
+void launch_affine_act(const at::Tensor& y, const at::Tensor& scale, const at::Tensor& shift, const at::Tensor& center,
+                       at::Tensor& out,
                        const ChannelLayout& lay, Activation act, double slope) {
   const int64_t total = out.numel();
   if (total == 0) return;
   affine_act_kernel<scalar_t, acc_t><<<elementwise_blocks(total), kThreads, 0, c10::cuda::getCurrentCUDAStream()>>>(
       y.const_data_ptr<scalar_t>(), scale.const_data_ptr<acc_t>(), shift.const_data_ptr<acc_t>(),
-      out.mutable_data_ptr<scalar_t>(), lay.channels, lay.out_channels, lay.inner, total, act,
+      center.const_data_ptr<acc_t>(), out.mutable_data_ptr<scalar_t>(), lay.channels, lay.out_channels, lay.inner, total, act,
       static_cast<acc_t>(slope));
   C10_CUDA_KERNEL_LAUNCH_CHECK();
 }
@@ -332,7 +334,8 @@ void launch_backward(const at::Tensor& grad_out, const at::Tensor& y, const at::
   C10_CUDA_KERNEL_LAUNCH_CHECK();
 }
 
-// Per-channel scale/shift of the backward of BatchNorm: scale = gamma * invstd, shift = beta - mean * scale.
+// Per-channel scale/shift of the backward of BatchNorm: z = (y - mean) * scale + shift, scale = gamma * invstd,
+// shift = beta.
 template <typename scalar_t, typename acc_t>
 __global__ void bn_scale_shift_kernel(const scalar_t* __restrict__ gamma, const scalar_t* __restrict__ beta,
                                       const acc_t* __restrict__ mean, const acc_t* __restrict__ invstd,
@@ -341,7 +344,7 @@ __global__ void bn_scale_shift_kernel(const scalar_t* __restrict__ gamma, const 
   if (c >= C) return;
   const acc_t sc = static_cast<acc_t>(gamma[c]) * invstd[c];
   scale[c] = sc;
-  shift[c] = static_cast<acc_t>(beta[c]) - mean[c] * sc;
+  shift[c] = static_cast<acc_t>(beta[c]);
 }
 
 // Per-channel parameters of affine_act converted to the accumulator type (and a zero centre).
@@ -353,7 +356,7 @@ __global__ void affine_params_kernel(const scalar_t* __restrict__ scale_in, cons
   if (c >= C) return;
   scale[c] = static_cast<acc_t>(scale_in[c]);
   shift[c] = static_cast<acc_t>(shift_in[c]);
-  if (zeros != nullptr) zeros[c] = acc_t(0);
+  zeros[c] = acc_t(0);
 }
 
 Activation activation_of(c10::string_view name) { return parse_activation(std::string_view(name.data(), name.size())); }
@@ -399,7 +402,7 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor> bn_act_train_cuda(const at::Tenso
         save_mean.mutable_data_ptr<acc_t>(), save_invstd.mutable_data_ptr<acc_t>(), scale.mutable_data_ptr<acc_t>(),
         shift.mutable_data_ptr<acc_t>(), lay.channels, momentum, eps);
     C10_CUDA_KERNEL_LAUNCH_CHECK();
-    launch_affine_act<scalar_t, acc_t>(y, scale, shift, out, lay, act, slope);
+    launch_affine_act<scalar_t, acc_t>(y, scale, shift, save_mean, out, lay, act, slope);
   });
   return {out, save_mean, save_invstd};
 }
@@ -460,16 +463,17 @@ at::Tensor affine_act_cuda(const at::Tensor& y_in, const at::Tensor& scale_in, c
   const auto stats_options = y.options().dtype(stats_dtype(y));
   at::Tensor scale = at::empty({lay.channels}, stats_options);
   at::Tensor shift = at::empty({lay.channels}, stats_options);
+  at::Tensor zeros = at::empty({lay.channels}, stats_options);
   AT_DISPATCH_FLOATING_TYPES_AND2(at::kHalf, at::kBFloat16, y.scalar_type(), "affine_act_cuda", [&] {
     using acc_t = at::opmath_type<scalar_t>;
     if (lay.channels > 0) {
       affine_params_kernel<scalar_t, acc_t>
           <<<merge_blocks(lay.channels), kMergeThreads, 0, c10::cuda::getCurrentCUDAStream()>>>(
               scale_c.const_data_ptr<scalar_t>(), shift_c.const_data_ptr<scalar_t>(), scale.mutable_data_ptr<acc_t>(),
-              shift.mutable_data_ptr<acc_t>(), nullptr, lay.channels);
+              shift.mutable_data_ptr<acc_t>(), zeros.mutable_data_ptr<acc_t>(), lay.channels);
       C10_CUDA_KERNEL_LAUNCH_CHECK();
     }
-    launch_affine_act<scalar_t, acc_t>(y, scale, shift, out, lay, act, slope);
+    launch_affine_act<scalar_t, acc_t>(y, scale, shift, zeros, out, lay, act, slope);
   });
   return out;
 }

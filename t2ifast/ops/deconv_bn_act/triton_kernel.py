@@ -3,7 +3,7 @@ that ``torch.compile`` sees inside them. Same contracts and same passes as the n
 
 - training forward: per-channel partial statistics over slices of (N, H, W) (each tile's mean and M2
   computed exactly, then merged with Chan's formula: no E[y^2] - E[y]^2 cancellation), a merge of the
-  slices that also updates the running statistics, then one elementwise pass writing act(y * scale + shift);
+  slices that also updates the running statistics, then one elementwise pass writing act((y - mean) * scale + beta);
 - backward: per-channel partial sums of dL/dz and dL/dz * (y - mean), with dL/dz recomputed from y and
   the saved statistics, a merge, then one elementwise pass writing grad_y.
 
@@ -129,7 +129,7 @@ def _stats_finalize_kernel(
     tl.store(mean_ptr + c, mean, mask=cmask)
     tl.store(invstd_ptr + c, invstd, mask=cmask)
     tl.store(scale_ptr + c, scale, mask=cmask)
-    tl.store(shift_ptr + c, beta - mean * scale, mask=cmask)
+    tl.store(shift_ptr + c, beta, mask=cmask)  # z = (y - mean) * scale + beta: exact for |mean| >> std
     rm = tl.load(rm_ptr + c, mask=cmask, other=0.0).to(ACC)
     rv = tl.load(rv_ptr + c, mask=cmask, other=0.0).to(ACC)
     rm = (1.0 - momentum) * rm + momentum * mean
@@ -143,6 +143,7 @@ def _affine_act_kernel(
     y_ptr,
     scale_ptr,
     shift_ptr,
+    center_ptr,
     out_ptr,
     C,
     C_out,
@@ -153,7 +154,7 @@ def _affine_act_kernel(
     BLOCK: tl.constexpr,
     ACC: tl.constexpr,
 ):
-    """out[n, c, l] = act(y[n, c, l] * scale[c] + shift[c]); GLU: a * sigmoid(b) over channels (c, c + C_out)."""
+    """out[n, c, l] = act((y[n, c, l] - center[c]) * scale[c] + shift[c]); GLU: a * sigmoid(b) over (c, c + C_out)."""
     i = tl.program_id(0).to(tl.int64) * BLOCK + tl.arange(0, BLOCK)
     mask = i < total
     pos = i % L
@@ -162,12 +163,13 @@ def _affine_act_kernel(
     n = row // C_out
     a_offset = (n * C + c) * L + pos
     a = tl.load(y_ptr + a_offset, mask=mask, other=0.0).to(ACC)
-    a = a * tl.load(scale_ptr + c, mask=mask, other=0.0) + tl.load(shift_ptr + c, mask=mask, other=0.0)
+    a = (a - tl.load(center_ptr + c, mask=mask, other=0.0)) * tl.load(scale_ptr + c, mask=mask, other=0.0)
+    a += tl.load(shift_ptr + c, mask=mask, other=0.0)
     if ACT == 3:
+        cb = c + C_out
         b = tl.load(y_ptr + a_offset + C_out * L, mask=mask, other=0.0).to(ACC)
-        b = b * tl.load(scale_ptr + c + C_out, mask=mask, other=0.0) + tl.load(
-            shift_ptr + c + C_out, mask=mask, other=0.0
-        )
+        b = (b - tl.load(center_ptr + cb, mask=mask, other=0.0)) * tl.load(scale_ptr + cb, mask=mask, other=0.0)
+        b += tl.load(shift_ptr + cb, mask=mask, other=0.0)
         out = a * _sigmoid(b)
     else:
         out = _activate(a, slope, ACT)
@@ -215,13 +217,13 @@ def _backward_sums_kernel(
             sb = tl.load(scale_ptr + c + C_out)
             tb = tl.load(shift_ptr + c + C_out)
             mb = tl.load(center_ptr + c + C_out)
-            sig = _sigmoid(yb * sb + tb)
+            sig = _sigmoid((yb - mb) * sb + tb)
             ga = g * sig
-            gb = g * (ya * sa + ta) * sig * (1.0 - sig)
+            gb = g * ((ya - ma) * sa + ta) * sig * (1.0 - sig)
             dz_b += gb
             dzy_b += gb * (yb - mb)
         else:
-            ga = _activation_grad(g, ya * sa + ta, slope, ACT)
+            ga = _activation_grad(g, (ya - ma) * sa + ta, slope, ACT)
         dz_a += ga
         dzy_a += ga * (ya - ma)
     base = (c * splits + s) * 2
@@ -263,19 +265,19 @@ def _backward_elementwise_kernel(
     a_offset = (n * C + c) * L + pos
     ya = tl.load(y_ptr + a_offset, mask=mask, other=0.0).to(ACC)
     sa = tl.load(scale_ptr + c, mask=mask, other=0.0)
-    za = ya * sa + tl.load(shift_ptr + c, mask=mask, other=0.0)
-    correction_a = tl.load(alpha_ptr + c, mask=mask, other=0.0) + tl.load(beta_ptr + c, mask=mask, other=0.0) * (
-        ya - tl.load(center_ptr + c, mask=mask, other=0.0)
-    )
+    ya_centred = ya - tl.load(center_ptr + c, mask=mask, other=0.0)
+    za = ya_centred * sa + tl.load(shift_ptr + c, mask=mask, other=0.0)
+    correction_a = tl.load(alpha_ptr + c, mask=mask, other=0.0)
+    correction_a += tl.load(beta_ptr + c, mask=mask, other=0.0) * ya_centred
     if ACT == 3:
         cb = c + C_out
         yb = tl.load(y_ptr + a_offset + C_out * L, mask=mask, other=0.0).to(ACC)
         sb = tl.load(scale_ptr + cb, mask=mask, other=0.0)
-        sig = _sigmoid(yb * sb + tl.load(shift_ptr + cb, mask=mask, other=0.0))
+        yb_centred = yb - tl.load(center_ptr + cb, mask=mask, other=0.0)
+        sig = _sigmoid(yb_centred * sb + tl.load(shift_ptr + cb, mask=mask, other=0.0))
         gb = g * za * sig * (1.0 - sig)
-        correction_b = tl.load(alpha_ptr + cb, mask=mask, other=0.0) + tl.load(beta_ptr + cb, mask=mask, other=0.0) * (
-            yb - tl.load(center_ptr + cb, mask=mask, other=0.0)
-        )
+        correction_b = tl.load(alpha_ptr + cb, mask=mask, other=0.0)
+        correction_b += tl.load(beta_ptr + cb, mask=mask, other=0.0) * yb_centred
         out_b = sb * gb - correction_b
         tl.store(grad_y_ptr + a_offset + C_out * L, out_b.to(grad_y_ptr.dtype.element_ty), mask=mask)
         ga = g * sig
@@ -297,8 +299,8 @@ def _layout(y, act):
     return n, c, inner, c_out, (n, c_out, *y.shape[2:])
 
 
-def _affine_act(y, scale, shift, act, negative_slope):
-    """act(y * scale + shift) with per-channel scale/shift in the accumulator dtype."""
+def _affine_act(y, scale, shift, center, act, negative_slope):
+    """act((y - center) * scale + shift) with per-channel parameters in the accumulator dtype."""
     _, c, inner, c_out, out_shape = _layout(y, act)
     out = y.new_empty(out_shape)
     total = out.numel()
@@ -307,6 +309,7 @@ def _affine_act(y, scale, shift, act, negative_slope):
             y,
             scale,
             shift,
+            center,
             out,
             c,
             c_out,
@@ -412,7 +415,7 @@ def bn_act_train_triton(
         BLOCK_C=BLOCK_C,
         ACC=acc,
     )
-    return _affine_act(y, scale, shift, act, negative_slope), mean, invstd
+    return _affine_act(y, scale, shift, mean, act, negative_slope), mean, invstd
 
 
 @triton_op("t2ifast::bn_act_backward_triton", mutates_args=())
@@ -429,7 +432,7 @@ def bn_act_backward_triton(
     """Same contract as the native ``t2ifast::bn_act_backward``."""
     y, grad_out = y.contiguous(), grad_out.contiguous()
     scale = weight.to(invstd.dtype) * invstd
-    shift = bias.to(invstd.dtype) - mean * scale
+    shift = bias.to(invstd.dtype)  # z = (y - mean) * scale + shift
     sum_dz, sum_dzy, grad_y_from = _backward(grad_out, y, scale, shift, mean, act, negative_slope)
     # grad_y = scale * (dz - mean(dz) - xhat * mean(dz * xhat)), xhat = (y - mean) * invstd
     inv_count = 1.0 / (y.numel() // y.shape[1])
@@ -445,7 +448,8 @@ def affine_act_triton(
 ) -> torch.Tensor:
     """Same contract as the native ``t2ifast::affine_act``."""
     stats = _stats_dtype(y.dtype)
-    return _affine_act(y.contiguous(), scale.to(stats), shift.to(stats), act, negative_slope)
+    scale = scale.to(stats)
+    return _affine_act(y.contiguous(), scale, shift.to(stats), torch.zeros_like(scale), act, negative_slope)
 
 
 @triton_op("t2ifast::affine_act_backward_triton", mutates_args=())
