@@ -398,6 +398,7 @@ NO_BN_STATE = {"weight": None, "bias": None, "running_mean": None, "running_var"
         ({"y": torch.randn(2, 3, 3, 3), "act": "glu", **NO_BN_STATE}, ValueError, "even channel count"),
         ({"weight": torch.ones(5)}, ValueError, r"weight must have shape \[4\]"),
         ({"momentum": 1.5}, ValueError, "momentum must be in"),
+        ({"momentum": None}, ValueError, "momentum=None"),
         ({"running_mean": None, "running_var": None, "training": False}, ValueError, "eval mode"),
         ({"running_var": None}, ValueError, "given together"),
         ({"y": torch.randn(1, 4, 1, 1)}, ValueError, "more than 1 value per channel"),
@@ -416,6 +417,10 @@ def test_deconv_channel_mismatch_is_named():
     with pytest.raises(ValueError, match=r"bn_weight must have shape \[3\]"):
         deconv_bn_act(x[:, :4], torch.randn(4, 3, 4, 4), None, torch.ones(4), None, None, None, stride=2, padding=1,
                       training=True)  # fmt: skip
+    for backend in ["reference", "native"]:  # every path validates before it computes
+        with t2ifast.backend(backend), pytest.raises(ValueError, match="act must be one of"):
+            deconv_bn_act(x[:, :4], torch.randn(4, 3, 4, 4), None, None, None, None, None, stride=2, padding=1,
+                          training=True, act="gelu")  # fmt: skip
 
 
 # --- on a GPU -----------------------------------------------------------------------------------

@@ -42,25 +42,46 @@ def _check_per_channel(channels, **tensors):
             )
 
 
-def _check_bn_args(y, weight, bias, running_mean, running_var, training, momentum, eps, act, negative_slope):
-    present = {"weight": weight, "bias": bias, "running_mean": running_mean, "running_var": running_var}
-    check_floating_tensors(y=y, **{k: v for k, v in present.items() if v is not None})
-    if y.dim() < 2:
-        raise ValueError(f"y must be [N, C, ...] (at least 2-D), got shape {list(y.shape)}")
-    _check_per_channel(y.shape[1], **present)
+def _check_bn_params(
+    channels, like, weight, bias, running_mean, running_var, training, momentum, eps, act, slope, *, names=("y", "")
+):
+    """The BatchNorm and activation arguments for a conv output with `channels` channels and like's dtype;
+    names = (name of `like`, prefix of the BatchNorm parameters' names) for the error messages."""
+    like_name, prefix = names
+    present = {
+        f"{prefix}weight": weight,
+        f"{prefix}bias": bias,
+        "running_mean": running_mean,
+        "running_var": running_var,
+    }
+    check_floating_tensors(**{like_name: like}, **{k: v for k, v in present.items() if v is not None})
+    _check_per_channel(channels, **present)
     check_choice("act", act, ACTIVATIONS)
-    if act == "glu" and y.shape[1] % 2 != 0:
-        raise ValueError(f"act='glu' splits the channels in half: it needs an even channel count, got {y.shape[1]}")
+    if act == "glu" and channels % 2 != 0:
+        raise ValueError(f"act='glu' splits the channels in half: it needs an even channel count, got {channels}")
+    if momentum is None:
+        raise ValueError(
+            "momentum=None (BatchNorm's cumulative average) needs the batch count: pass 1 / num_batches_tracked, "
+            "or use t2ifast.nn.DeconvBNAct, which does"
+        )
     check_range("momentum", momentum, 0.0, 1.0)
     check_range("eps", eps, 0.0, float("inf"), high_inclusive=False)
-    if not isinstance(negative_slope, (int, float)):
-        raise TypeError(f"negative_slope must be a number, got {type(negative_slope).__name__}")
+    if not isinstance(slope, (int, float)):
+        raise TypeError(f"negative_slope must be a number, got {type(slope).__name__}")
     if (running_mean is None) != (running_var is None):
         raise ValueError("running_mean and running_var must be given together (or both None)")
-    if training and y.numel() // max(y.shape[1], 1) <= 1:
-        raise ValueError(f"expected more than 1 value per channel when training, got y of shape {list(y.shape)}")
     if not training and running_mean is None:
         raise ValueError("eval mode (training=False) needs running_mean and running_var")
+
+
+def _check_bn_args(y, weight, bias, running_mean, running_var, training, momentum, eps, act, negative_slope):
+    if not isinstance(y, torch.Tensor) or y.dim() < 2:
+        raise ValueError(f"y must be a [N, C, ...] tensor (at least 2-D), got {getattr(y, 'shape', type(y))}")
+    _check_bn_params(
+        y.shape[1], y, weight, bias, running_mean, running_var, training, momentum, eps, act, negative_slope
+    )
+    if training and y.numel() // max(y.shape[1], 1) <= 1:
+        raise ValueError(f"expected more than 1 value per channel when training, got y of shape {list(y.shape)}")
 
 
 def _affine_act(y, scale, shift, act, negative_slope):
@@ -151,11 +172,6 @@ def fold_batch_norm(weight, bias, bn_weight, bn_bias, running_mean, running_var,
     return folded_weight, folded_bias
 
 
-def _channels_only(like, channels):
-    """A stand-in for the conv output when only its channel count matters (validating eval-mode BN arguments)."""
-    return like.new_empty(1, channels, 1)
-
-
 def _conv_transpose_args(stride, padding, output_padding, groups, dilation):
     return {
         "stride": stride,
@@ -211,8 +227,19 @@ def deconv_bn_act(
     the BatchNorm arguments are as in ``bn_act``. In eval mode BatchNorm is folded into weight and bias.
     """
     channels = _check_conv_weight(x, weight, bias, transposed=True, groups=groups)
-    _check_per_channel(
-        channels, bn_weight=bn_weight, bn_bias=bn_bias, running_mean=running_mean, running_var=running_var
+    _check_bn_params(
+        channels,
+        weight,
+        bn_weight,
+        bn_bias,
+        running_mean,
+        running_var,
+        training,
+        momentum,
+        eps,
+        act,
+        negative_slope,
+        names=("weight", "bn_"),
     )
     conv_args = _conv_transpose_args(stride, padding, output_padding, groups, dilation)
     backend = _backend.select("bn_act_train", x.device.type)
@@ -246,18 +273,6 @@ def deconv_bn_act(
             act=act,
             negative_slope=negative_slope,
         )
-    _check_bn_args(
-        _channels_only(weight, channels),
-        bn_weight,
-        bn_bias,
-        running_mean,
-        running_var,
-        False,
-        momentum,
-        eps,
-        act,
-        negative_slope,
-    )
     folded_weight, folded_bias = fold_batch_norm(
         weight, bias, bn_weight, bn_bias, running_mean, running_var, eps, transposed=True, groups=groups
     )
@@ -292,8 +307,19 @@ def upsample_conv_bn_act(
     """
     channels = _check_conv_weight(x, weight, bias, transposed=False, groups=groups)
     conv_args = {"stride": stride, "padding": padding, "dilation": dilation, "groups": groups}
-    _check_per_channel(
-        channels, bn_weight=bn_weight, bn_bias=bn_bias, running_mean=running_mean, running_var=running_var
+    _check_bn_params(
+        channels,
+        weight,
+        bn_weight,
+        bn_bias,
+        running_mean,
+        running_var,
+        training,
+        momentum,
+        eps,
+        act,
+        negative_slope,
+        names=("weight", "bn_"),
     )
     backend = _backend.select("bn_act_train", x.device.type)
     if backend == "reference":
@@ -328,18 +354,6 @@ def upsample_conv_bn_act(
             act=act,
             negative_slope=negative_slope,
         )
-    _check_bn_args(
-        _channels_only(weight, channels),
-        bn_weight,
-        bn_bias,
-        running_mean,
-        running_var,
-        False,
-        momentum,
-        eps,
-        act,
-        negative_slope,
-    )
     folded_weight, folded_bias = fold_batch_norm(
         weight, bias, bn_weight, bn_bias, running_mean, running_var, eps, transposed=False
     )
