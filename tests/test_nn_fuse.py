@@ -122,6 +122,8 @@ def test_from_modules_shares_parameters():
     assert layer.conv.weight is block[0].weight and layer.bn.running_mean is block[1].running_mean
     with pytest.raises(ValueError, match="activation must be"):
         DeconvBNAct.from_modules(block[0], block[1], nn.Tanh())
+    with pytest.raises(ValueError, match="act must be one of"):
+        DeconvBNAct(4, 6, 3, act="gelu")
 
 
 # --- UpBlock --------------------------------------------------------------------------------------

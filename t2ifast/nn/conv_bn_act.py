@@ -11,7 +11,7 @@ from torch import nn
 
 from t2ifast import ops
 
-ACTIVATION_MODULES = {"relu": nn.ReLU, "leaky_relu": nn.LeakyReLU, "glu": nn.GLU, "none": nn.Identity}
+ACTIVATIONS = ("relu", "leaky_relu", "glu", "none")
 
 
 def activation_of(module):
@@ -23,14 +23,6 @@ def activation_of(module):
     if isinstance(module, nn.GLU) and module.dim in (1, -3):  # -3 is the channel dim of [N, C, H, W]
         return "glu", 0.0
     return None
-
-
-def activation_module(act, negative_slope):
-    if act == "leaky_relu":
-        return nn.LeakyReLU(negative_slope)
-    if act == "glu":
-        return nn.GLU(dim=1)
-    return ACTIVATION_MODULES[act]()
 
 
 def batch_norm_arguments(bn):
@@ -132,8 +124,8 @@ class DeconvBNAct(nn.Module):
         dtype=None,
     ):
         super().__init__()
-        if act not in ACTIVATION_MODULES:
-            raise ValueError(f"act must be one of {', '.join(map(repr, ACTIVATION_MODULES))}; got {act!r}")
+        if act not in ACTIVATIONS:
+            raise ValueError(f"act must be one of {', '.join(map(repr, ACTIVATIONS))}; got {act!r}")
         factory = {"device": device, "dtype": dtype}
         conv = nn.ConvTranspose2d(
             in_channels, out_channels, kernel_size, stride, padding, output_padding, groups, bias, dilation, **factory
