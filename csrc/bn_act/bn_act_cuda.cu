@@ -40,9 +40,17 @@ int64_t num_slices(int64_t count, int64_t channels, const at::Tensor& like) {
   return std::min(wanted, most);
 }
 
+// Index arithmetic runs in int32 when every offset fits (divisions by runtime values are several times
+// cheaper than in int64), else in int64: see use_int32_indexing.
+bool use_int32_indexing(const at::Tensor& t) {
+  // grid-stride loops step past the end by at most the grid size (< 2^28 threads): stay below 2^31 - 1.
+  return t.numel() < (int64_t(1) << 30);
+}
+
 // Offset of the element j (in [0, N*L)) of channel c of a [N, C, L] tensor.
-__device__ __forceinline__ int64_t channel_offset(int64_t j, int64_t c, int64_t C, int64_t L) {
-  const int64_t n = j / L;
+template <typename index_t>
+__device__ __forceinline__ index_t channel_offset(index_t j, index_t c, index_t C, index_t L) {
+  const index_t n = j / L;
   return (n * C + c) * L + (j - n * L);
 }
 
@@ -88,16 +96,16 @@ __device__ T block_sum(T v) {
 }
 
 // grid (C, slices): partial[c, s] = (count, mean, M2) of channel c over its slice s of the N*L elements.
-template <typename scalar_t, typename acc_t>
+template <typename scalar_t, typename acc_t, typename index_t>
 __global__ void __launch_bounds__(kThreads)
-stats_partial_kernel(const scalar_t* __restrict__ y, acc_t* __restrict__ partial, int64_t C, int64_t L, int64_t M,
-                     int64_t chunk) {
-  const int64_t c = blockIdx.x;
-  const int64_t s = blockIdx.y;
-  const int64_t begin = s * chunk;
-  const int64_t end = begin + chunk < M ? begin + chunk : M;
+stats_partial_kernel(const scalar_t* __restrict__ y, acc_t* __restrict__ partial, index_t C, index_t L, index_t M,
+                     index_t chunk) {
+  const index_t c = blockIdx.x;
+  const index_t s = blockIdx.y;
+  const index_t begin = s * chunk;
+  const index_t end = begin + chunk < M ? begin + chunk : M;
   acc_t count = 0, mean = 0, m2 = 0;
-  for (int64_t j = begin + threadIdx.x; j < end; j += kThreads) {
+  for (index_t j = begin + threadIdx.x; j < end; j += kThreads) {
     const acc_t x = static_cast<acc_t>(y[channel_offset(j, c, C, L)]);
     count += acc_t(1);
     const acc_t delta = x - mean;
@@ -106,7 +114,7 @@ stats_partial_kernel(const scalar_t* __restrict__ y, acc_t* __restrict__ partial
   }
   block_welford(count, mean, m2);
   if (threadIdx.x == 0) {
-    acc_t* out = partial + (c * gridDim.y + s) * 3;
+    acc_t* out = partial + (static_cast<int64_t>(c) * gridDim.y + s) * 3;
     out[0] = count;
     out[1] = mean;
     out[2] = m2;
@@ -140,22 +148,22 @@ __global__ void stats_merge_kernel(const acc_t* __restrict__ partial, int64_t sl
 }
 
 // out[n, c, l] = act((y[n, c, l] - center[c]) * scale[c] + shift[c]); GLU reads channels c and c + C_out.
-template <typename scalar_t, typename acc_t>
+template <typename scalar_t, typename acc_t, typename index_t>
 __global__ void __launch_bounds__(kThreads)
 affine_act_kernel(const scalar_t* __restrict__ y, const acc_t* __restrict__ scale, const acc_t* __restrict__ shift,
-                  const acc_t* __restrict__ center, scalar_t* __restrict__ out, int64_t C, int64_t C_out, int64_t L, int64_t total, Activation act,
-                  acc_t slope) {
-  for (int64_t i = blockIdx.x * static_cast<int64_t>(kThreads) + threadIdx.x; i < total;
-       i += static_cast<int64_t>(gridDim.x) * kThreads) {
-    const int64_t row = i / L;
-    const int64_t pos = i - row * L;
-    const int64_t c = row % C_out;
-    const int64_t n = row / C_out;
-    const int64_t a_offset = (n * C + c) * L + pos;
+                  const acc_t* __restrict__ center, scalar_t* __restrict__ out, index_t C, index_t C_out, index_t L,
+                  index_t total, Activation act, acc_t slope) {
+  for (index_t i = blockIdx.x * static_cast<index_t>(kThreads) + threadIdx.x; i < total;
+       i += static_cast<index_t>(gridDim.x) * kThreads) {
+    const index_t row = i / L;
+    const index_t pos = i - row * L;
+    const index_t n = row / C_out;
+    const index_t c = row - n * C_out;
+    const index_t a_offset = (n * C + c) * L + pos;
     const acc_t a = (static_cast<acc_t>(y[a_offset]) - center[c]) * scale[c] + shift[c];
     acc_t o;
     if (act == Activation::Glu) {
-      const int64_t cb = c + C_out;
+      const index_t cb = c + C_out;
       const acc_t b = (static_cast<acc_t>(y[a_offset + C_out * L]) - center[cb]) * scale[cb] + shift[cb];
       o = a * sigmoid_of(b);
     } else {
@@ -166,24 +174,24 @@ affine_act_kernel(const scalar_t* __restrict__ y, const acc_t* __restrict__ scal
 }
 
 // grid (C_out, slices): partial[c, s] = (sum dL/dz, sum dL/dz * (y - center)); GLU blocks also do c + C_out.
-template <typename scalar_t, typename acc_t>
+template <typename scalar_t, typename acc_t, typename index_t>
 __global__ void __launch_bounds__(kThreads)
 backward_sums_kernel(const scalar_t* __restrict__ grad_out, const scalar_t* __restrict__ y,
                      const acc_t* __restrict__ scale, const acc_t* __restrict__ shift, const acc_t* __restrict__ center,
-                     acc_t* __restrict__ partial, int64_t C, int64_t C_out, int64_t L, int64_t M, int64_t chunk,
+                     acc_t* __restrict__ partial, index_t C, index_t C_out, index_t L, index_t M, index_t chunk,
                      Activation act, acc_t slope) {
-  const int64_t c = blockIdx.x;
-  const int64_t cb = c + C_out;
-  const int64_t s = blockIdx.y;
-  const int64_t begin = s * chunk;
-  const int64_t end = begin + chunk < M ? begin + chunk : M;
+  const index_t c = blockIdx.x;
+  const index_t cb = c + C_out;
+  const index_t s = blockIdx.y;
+  const index_t begin = s * chunk;
+  const index_t end = begin + chunk < M ? begin + chunk : M;
   const bool glu = act == Activation::Glu;
   const acc_t sa = scale[c], ta = shift[c], ma = center[c];
   const acc_t sb = glu ? scale[cb] : acc_t(0), tb = glu ? shift[cb] : acc_t(0), mb = glu ? center[cb] : acc_t(0);
   acc_t dz_a = 0, dzy_a = 0, dz_b = 0, dzy_b = 0;
-  for (int64_t j = begin + threadIdx.x; j < end; j += kThreads) {
+  for (index_t j = begin + threadIdx.x; j < end; j += kThreads) {
     const acc_t g = static_cast<acc_t>(grad_out[channel_offset(j, c, C_out, L)]);
-    const int64_t a_offset = channel_offset(j, c, C, L);
+    const index_t a_offset = channel_offset(j, c, C, L);
     const acc_t ya = static_cast<acc_t>(y[a_offset]);
     acc_t ga;
     if (glu) {
@@ -205,11 +213,11 @@ backward_sums_kernel(const scalar_t* __restrict__ grad_out, const scalar_t* __re
     dzy_b = block_sum(dzy_b);
   }
   if (threadIdx.x == 0) {
-    acc_t* out = partial + (c * gridDim.y + s) * 2;
+    acc_t* out = partial + (static_cast<int64_t>(c) * gridDim.y + s) * 2;
     out[0] = dz_a;
     out[1] = dzy_a;
     if (glu) {
-      acc_t* out_b = partial + (cb * gridDim.y + s) * 2;
+      acc_t* out_b = partial + (static_cast<int64_t>(cb) * gridDim.y + s) * 2;
       out_b[0] = dz_b;
       out_b[1] = dzy_b;
     }
@@ -247,27 +255,27 @@ __global__ void backward_merge_kernel(const acc_t* __restrict__ partial, int64_t
 }
 
 // grad_y from the merged coefficients; one thread per output element (GLU writes both channels).
-template <typename scalar_t, typename acc_t>
+template <typename scalar_t, typename acc_t, typename index_t>
 __global__ void __launch_bounds__(kThreads)
 backward_elementwise_kernel(const scalar_t* __restrict__ grad_out, const scalar_t* __restrict__ y,
                             const acc_t* __restrict__ scale, const acc_t* __restrict__ shift,
                             const acc_t* __restrict__ center, const acc_t* __restrict__ alpha,
-                            const acc_t* __restrict__ beta, scalar_t* __restrict__ grad_y, int64_t C, int64_t C_out,
-                            int64_t L, int64_t total, Activation act, acc_t slope) {
-  for (int64_t i = blockIdx.x * static_cast<int64_t>(kThreads) + threadIdx.x; i < total;
-       i += static_cast<int64_t>(gridDim.x) * kThreads) {
-    const int64_t row = i / L;
-    const int64_t pos = i - row * L;
-    const int64_t c = row % C_out;
-    const int64_t n = row / C_out;
-    const int64_t a_offset = (n * C + c) * L + pos;
+                            const acc_t* __restrict__ beta, scalar_t* __restrict__ grad_y, index_t C, index_t C_out,
+                            index_t L, index_t total, Activation act, acc_t slope) {
+  for (index_t i = blockIdx.x * static_cast<index_t>(kThreads) + threadIdx.x; i < total;
+       i += static_cast<index_t>(gridDim.x) * kThreads) {
+    const index_t row = i / L;
+    const index_t pos = i - row * L;
+    const index_t n = row / C_out;
+    const index_t c = row - n * C_out;
+    const index_t a_offset = (n * C + c) * L + pos;
     const acc_t g = static_cast<acc_t>(grad_out[i]);
     const acc_t ya = static_cast<acc_t>(y[a_offset]);
     const acc_t za = (ya - center[c]) * scale[c] + shift[c];
     acc_t ga;
     if (act == Activation::Glu) {
-      const int64_t cb = c + C_out;
-      const int64_t b_offset = a_offset + C_out * L;
+      const index_t cb = c + C_out;
+      const index_t b_offset = a_offset + C_out * L;
       const acc_t yb = static_cast<acc_t>(y[b_offset]);
       acc_t gb;
       glu_grad(g, za, (yb - center[cb]) * scale[cb] + shift[cb], ga, gb);
@@ -291,11 +299,21 @@ void launch_affine_act(const at::Tensor& y, const at::Tensor& scale, const at::T
                        const ChannelLayout& lay, Activation act, double slope) {
   const int64_t total = out.numel();
   if (total == 0) return;
-  affine_act_kernel<scalar_t, acc_t><<<elementwise_blocks(total), kThreads, 0, c10::cuda::getCurrentCUDAStream()>>>(
-      y.const_data_ptr<scalar_t>(), scale.const_data_ptr<acc_t>(), shift.const_data_ptr<acc_t>(),
-      center.const_data_ptr<acc_t>(), out.mutable_data_ptr<scalar_t>(), lay.channels, lay.out_channels, lay.inner, total, act,
-      static_cast<acc_t>(slope));
-  C10_CUDA_KERNEL_LAUNCH_CHECK();
+  const auto launch = [&](auto index_zero) {
+    using index_t = decltype(index_zero);
+    affine_act_kernel<scalar_t, acc_t, index_t>
+        <<<elementwise_blocks(total), kThreads, 0, c10::cuda::getCurrentCUDAStream()>>>(
+            y.const_data_ptr<scalar_t>(), scale.const_data_ptr<acc_t>(), shift.const_data_ptr<acc_t>(),
+            center.const_data_ptr<acc_t>(), out.mutable_data_ptr<scalar_t>(), static_cast<index_t>(lay.channels),
+            static_cast<index_t>(lay.out_channels), static_cast<index_t>(lay.inner), static_cast<index_t>(total), act,
+            static_cast<acc_t>(slope));
+    C10_CUDA_KERNEL_LAUNCH_CHECK();
+  };
+  if (use_int32_indexing(y)) {
+    launch(int32_t{0});
+  } else {
+    launch(int64_t{0});
+  }
 }
 
 // The shared backward: sums, merge (writing grad_first/grad_second), grad_y.
@@ -312,12 +330,22 @@ void launch_backward(const at::Tensor& grad_out, const at::Tensor& y, const at::
   at::Tensor partial = at::empty({lay.channels, slices, 2}, acc_options);
   at::Tensor alpha = at::empty({lay.channels}, acc_options);
   at::Tensor beta = at::empty({lay.channels}, acc_options);
-  if (lay.out_channels > 0) {
-    backward_sums_kernel<scalar_t, acc_t><<<dim3(lay.out_channels, slices), kThreads, 0, stream>>>(
+  const bool int32 = use_int32_indexing(y);
+  const auto launch_sums = [&](auto index_zero) {
+    using index_t = decltype(index_zero);
+    backward_sums_kernel<scalar_t, acc_t, index_t><<<dim3(lay.out_channels, slices), kThreads, 0, stream>>>(
         grad_out.const_data_ptr<scalar_t>(), y.const_data_ptr<scalar_t>(), scale.const_data_ptr<acc_t>(),
         shift.const_data_ptr<acc_t>(), center.const_data_ptr<acc_t>(), partial.mutable_data_ptr<acc_t>(),
-        lay.channels, lay.out_channels, lay.inner, M, chunk, act, static_cast<acc_t>(slope));
+        static_cast<index_t>(lay.channels), static_cast<index_t>(lay.out_channels), static_cast<index_t>(lay.inner),
+        static_cast<index_t>(M), static_cast<index_t>(chunk), act, static_cast<acc_t>(slope));
     C10_CUDA_KERNEL_LAUNCH_CHECK();
+  };
+  if (lay.out_channels > 0) {
+    if (int32) {
+      launch_sums(int32_t{0});
+    } else {
+      launch_sums(int64_t{0});
+    }
     backward_merge_kernel<scalar_t, acc_t><<<merge_blocks(lay.channels), kMergeThreads, 0, stream>>>(
         partial.const_data_ptr<acc_t>(), slices, scale.const_data_ptr<acc_t>(), invstd.const_data_ptr<acc_t>(),
         batch_norm, lay.channels, M, grad_first.mutable_data_ptr<scalar_t>(), grad_second.mutable_data_ptr<scalar_t>(),
@@ -326,12 +354,21 @@ void launch_backward(const at::Tensor& grad_out, const at::Tensor& y, const at::
   }
   const int64_t total = grad_out.numel();
   if (total == 0) return;
-  backward_elementwise_kernel<scalar_t, acc_t><<<elementwise_blocks(total), kThreads, 0, stream>>>(
-      grad_out.const_data_ptr<scalar_t>(), y.const_data_ptr<scalar_t>(), scale.const_data_ptr<acc_t>(),
-      shift.const_data_ptr<acc_t>(), center.const_data_ptr<acc_t>(), alpha.const_data_ptr<acc_t>(),
-      beta.const_data_ptr<acc_t>(), grad_y.mutable_data_ptr<scalar_t>(), lay.channels, lay.out_channels, lay.inner,
-      total, act, static_cast<acc_t>(slope));
-  C10_CUDA_KERNEL_LAUNCH_CHECK();
+  const auto launch_elementwise = [&](auto index_zero) {
+    using index_t = decltype(index_zero);
+    backward_elementwise_kernel<scalar_t, acc_t, index_t><<<elementwise_blocks(total), kThreads, 0, stream>>>(
+        grad_out.const_data_ptr<scalar_t>(), y.const_data_ptr<scalar_t>(), scale.const_data_ptr<acc_t>(),
+        shift.const_data_ptr<acc_t>(), center.const_data_ptr<acc_t>(), alpha.const_data_ptr<acc_t>(),
+        beta.const_data_ptr<acc_t>(), grad_y.mutable_data_ptr<scalar_t>(), static_cast<index_t>(lay.channels),
+        static_cast<index_t>(lay.out_channels), static_cast<index_t>(lay.inner), static_cast<index_t>(total), act,
+        static_cast<acc_t>(slope));
+    C10_CUDA_KERNEL_LAUNCH_CHECK();
+  };
+  if (int32) {
+    launch_elementwise(int32_t{0});
+  } else {
+    launch_elementwise(int64_t{0});
+  }
 }
 
 // Per-channel scale/shift of the backward of BatchNorm: z = (y - mean) * scale + shift, scale = gamma * invstd,
@@ -393,9 +430,18 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor> bn_act_train_cuda(const at::Tenso
   const auto stream = c10::cuda::getCurrentCUDAStream();
   AT_DISPATCH_FLOATING_TYPES_AND2(at::kHalf, at::kBFloat16, y.scalar_type(), "bn_act_train_cuda", [&] {
     using acc_t = at::opmath_type<scalar_t>;
-    stats_partial_kernel<scalar_t, acc_t><<<dim3(lay.channels, slices), kThreads, 0, stream>>>(
-        y.const_data_ptr<scalar_t>(), partial.mutable_data_ptr<acc_t>(), lay.channels, lay.inner, M, chunk);
-    C10_CUDA_KERNEL_LAUNCH_CHECK();
+    const auto launch_stats = [&](auto index_zero) {
+      using index_t = decltype(index_zero);
+      stats_partial_kernel<scalar_t, acc_t, index_t><<<dim3(lay.channels, slices), kThreads, 0, stream>>>(
+          y.const_data_ptr<scalar_t>(), partial.mutable_data_ptr<acc_t>(), static_cast<index_t>(lay.channels),
+          static_cast<index_t>(lay.inner), static_cast<index_t>(M), static_cast<index_t>(chunk));
+      C10_CUDA_KERNEL_LAUNCH_CHECK();
+    };
+    if (use_int32_indexing(y)) {
+      launch_stats(int32_t{0});
+    } else {
+      launch_stats(int64_t{0});
+    }
     stats_merge_kernel<scalar_t, acc_t><<<merge_blocks(lay.channels), kMergeThreads, 0, stream>>>(
         partial.const_data_ptr<acc_t>(), slices, w.const_data_ptr<scalar_t>(), b.const_data_ptr<scalar_t>(),
         running_mean.mutable_data_ptr<scalar_t>(), running_var.mutable_data_ptr<scalar_t>(),
