@@ -27,6 +27,22 @@ TORCH_LIBRARY(t2ifast, m) {
   m.def(
       "damsm_word_scores_backward(Tensor grad_scores, Tensor words, Tensor lengths, Tensor regions, float gamma1,"
       " float gamma2) -> (Tensor grad_words, Tensor grad_regions)");
+
+  // Fused BatchNorm + activation (transposed-conv / up-block epilogue), y = conv output [N, C, ...];
+  // act in {"relu", "leaky_relu", "glu", "none"} (GLU halves the channels after BatchNorm).
+  // Training: batch statistics, running stats updated in place like nn.BatchNorm2d (momentum, unbiased
+  // variance); returns the activation and the per-channel mean and invstd that backward recomputes from.
+  m.def(
+      "bn_act_train(Tensor y, Tensor weight, Tensor bias, Tensor(a!) running_mean, Tensor(b!) running_var,"
+      " float momentum, float eps, str act, float negative_slope) -> (Tensor out, Tensor mean, Tensor invstd)");
+  m.def(
+      "bn_act_backward(Tensor grad_out, Tensor y, Tensor weight, Tensor bias, Tensor mean, Tensor invstd, str act,"
+      " float negative_slope) -> (Tensor grad_y, Tensor grad_weight, Tensor grad_bias)");
+  // Per-channel affine map + activation (BatchNorm in eval mode, or only the bias after folding).
+  m.def("affine_act(Tensor y, Tensor scale, Tensor shift, str act, float negative_slope) -> Tensor");
+  m.def(
+      "affine_act_backward(Tensor grad_out, Tensor y, Tensor scale, Tensor shift, str act, float negative_slope)"
+      " -> (Tensor grad_y, Tensor grad_scale, Tensor grad_shift)");
 }
 
 // `import t2ifast._C` runs the registrations above; the module itself holds nothing.

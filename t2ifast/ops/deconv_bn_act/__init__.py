@@ -1,0 +1,361 @@
+"""Fused BatchNorm + activation after a (transposed) convolution: the DCGAN generator block
+ConvTranspose2d -> BatchNorm2d -> ReLU and AttnGAN's up-block nearest x2 -> Conv2d 3x3 -> BatchNorm2d -> GLU.
+
+The convolution stays with ATen (cuDNN on a GPU); what surrounds it is fused:
+- training: one pass computes the per-channel batch statistics (numerically sound: two-pass / Welford
+  merges, never E[y^2] - E[y]^2) and updates the running statistics in place as nn.BatchNorm2d does,
+  one pass writes act(BatchNorm(y)). Backward keeps only the conv output y and two numbers per channel
+  (mean, invstd): the activation's mask / GLU gate is recomputed from them, and the activation's backward
+  is fused with BatchNorm's (one reduction pass, one elementwise pass);
+- eval: BatchNorm is folded into the convolution's weight and bias, and the bias is added together
+  with the activation in one pass.
+"""
+
+import torch
+import torch.nn.functional as F
+
+from t2ifast import _backend
+from t2ifast._validation import check_choice, check_floating_tensors, check_range
+
+from . import registration  # noqa: F401 - registers autograd and fake functions
+from .reference import (
+    ACTIVATIONS,
+    activation,
+    bn_act_reference,
+    deconv_bn_act_reference,
+    upsample_conv_bn_act_reference,
+)
+
+__all__ = ["bn_act", "deconv_bn_act", "fold_batch_norm", "upsample_conv_bn_act"]
+
+
+def _op(name, backend):
+    return getattr(torch.ops.t2ifast, name if backend == "native" else f"{name}_triton")
+
+
+def _check_per_channel(channels, **tensors):
+    for name, value in tensors.items():
+        if value is not None and tuple(value.shape) != (channels,):
+            raise ValueError(
+                f"{name} must have shape [{channels}] (one value per output channel of the convolution), "
+                f"got {list(value.shape)}"
+            )
+
+
+def _check_bn_params(
+    channels, like, weight, bias, running_mean, running_var, training, momentum, eps, act, slope, *, names=("y", "")
+):
+    """The BatchNorm and activation arguments for a conv output with `channels` channels and like's dtype;
+    names = (name of `like`, prefix of the BatchNorm parameters' names) for the error messages."""
+    like_name, prefix = names
+    present = {
+        f"{prefix}weight": weight,
+        f"{prefix}bias": bias,
+        "running_mean": running_mean,
+        "running_var": running_var,
+    }
+    check_floating_tensors(**{like_name: like}, **{k: v for k, v in present.items() if v is not None})
+    _check_per_channel(channels, **present)
+    check_choice("act", act, ACTIVATIONS)
+    if act == "glu" and channels % 2 != 0:
+        raise ValueError(f"act='glu' splits the channels in half: it needs an even channel count, got {channels}")
+    if momentum is None:
+        raise ValueError(
+            "momentum=None (BatchNorm's cumulative average) needs the batch count: pass 1 / num_batches_tracked, "
+            "or use t2ifast.nn.DeconvBNAct, which does"
+        )
+    check_range("momentum", momentum, 0.0, 1.0)
+    check_range("eps", eps, 0.0, float("inf"), high_inclusive=False)
+    if not isinstance(slope, (int, float)):
+        raise TypeError(f"negative_slope must be a number, got {type(slope).__name__}")
+    if (running_mean is None) != (running_var is None):
+        raise ValueError("running_mean and running_var must be given together (or both None)")
+    if not training and running_mean is None:
+        raise ValueError("eval mode (training=False) needs running_mean and running_var")
+
+
+def _check_bn_args(y, weight, bias, running_mean, running_var, training, momentum, eps, act, negative_slope):
+    if not isinstance(y, torch.Tensor) or y.dim() < 2:
+        raise ValueError(f"y must be a [N, C, ...] tensor (at least 2-D), got {getattr(y, 'shape', type(y))}")
+    _check_bn_params(
+        y.shape[1], y, weight, bias, running_mean, running_var, training, momentum, eps, act, negative_slope
+    )
+    if training and y.numel() // max(y.shape[1], 1) <= 1:
+        raise ValueError(f"expected more than 1 value per channel when training, got y of shape {list(y.shape)}")
+
+
+def _affine_act(y, scale, shift, act, negative_slope):
+    """act(y * scale + shift) per channel: eval-mode BatchNorm, or the folded bias, with the activation."""
+    backend = _backend.select("affine_act", y.device.type)
+    if backend == "reference":
+        shape = (1, -1, *[1] * (y.dim() - 2))
+        return activation(y * scale.view(shape) + shift.view(shape), act, negative_slope)
+    return _op("affine_act", backend)(y, scale, shift, act, float(negative_slope))
+
+
+def _bn_act_train(y, weight, bias, running_mean, running_var, momentum, eps, act, negative_slope):
+    if weight is None:
+        weight = torch.ones(y.shape[1], dtype=y.dtype, device=y.device)
+    if bias is None:
+        bias = torch.zeros(y.shape[1], dtype=y.dtype, device=y.device)
+    if running_mean is None:  # nothing to track: statistics go to buffers that are dropped
+        running_mean = torch.zeros(y.shape[1], dtype=y.dtype, device=y.device)
+        running_var = torch.ones(y.shape[1], dtype=y.dtype, device=y.device)
+    backend = _backend.select("bn_act_train", y.device.type)
+    out, _mean, _invstd = _op("bn_act_train", backend)(
+        y, weight, bias, running_mean, running_var, float(momentum), float(eps), act, float(negative_slope)
+    )
+    return out
+
+
+def _eval_scale_shift(weight, bias, running_mean, running_var, eps):
+    """BatchNorm in eval mode as y * scale + shift (differentiable in weight and bias)."""
+    scale = torch.rsqrt(running_var + eps)
+    if weight is not None:
+        scale = scale * weight
+    shift = -running_mean * scale
+    if bias is not None:
+        shift = shift + bias
+    return scale, shift
+
+
+def bn_act(
+    y, weight, bias, running_mean, running_var, *, training, momentum=0.1, eps=1e-5, act="relu", negative_slope=0.2
+):
+    """act(BatchNorm(y)) over the channels (dim 1) of y [N, C, ...].
+
+    Args:
+        y: the convolution output.
+        weight, bias: BatchNorm's affine parameters [C] (None: no affine map).
+        running_mean, running_var: [C]; in training they are updated in place (momentum, unbiased
+            variance) as nn.BatchNorm2d does; None in training means nothing is tracked.
+        training: batch statistics (True) or the running ones (False).
+        act: "relu", "leaky_relu" (with negative_slope), "glu" (halves the channels: a * sigmoid(b)) or "none".
+    """
+    _check_bn_args(y, weight, bias, running_mean, running_var, training, momentum, eps, act, negative_slope)
+    if _backend.select("bn_act_train", y.device.type) == "reference":
+        return bn_act_reference(
+            y,
+            weight,
+            bias,
+            running_mean,
+            running_var,
+            training=training,
+            momentum=momentum,
+            eps=eps,
+            act=act,
+            negative_slope=negative_slope,
+        )
+    if training:
+        return _bn_act_train(y, weight, bias, running_mean, running_var, momentum, eps, act, negative_slope)
+    scale, shift = _eval_scale_shift(weight, bias, running_mean, running_var, eps)
+    return _affine_act(y, scale, shift, act, negative_slope)
+
+
+def fold_batch_norm(weight, bias, bn_weight, bn_bias, running_mean, running_var, eps, *, transposed, groups=1):
+    """The (weight, bias) of a convolution followed by eval-mode BatchNorm, as one convolution.
+
+    The output channels are dim 0 of a Conv2d weight [C_out, C_in/groups, kH, kW] and dim 1 of a
+    ConvTranspose2d weight [C_in, C_out/groups, kH, kW], where output channel g * C_out/groups + j of
+    group g is column j of the rows of that group: so the scale is applied per group (torch's
+    fuse_conv_bn_eval(transpose=True) does not handle groups > 1). Differentiable in every argument.
+    """
+    scale, shift = _eval_scale_shift(bn_weight, bn_bias, running_mean, running_var, eps)
+    if transposed:
+        c_in, c_out_per_group = weight.shape[0], weight.shape[1]
+        grouped = weight.reshape(groups, c_in // groups, c_out_per_group, *weight.shape[2:])
+        scale_view = scale.reshape(groups, 1, c_out_per_group, *[1] * (weight.dim() - 2))
+        folded_weight = (grouped * scale_view).reshape(weight.shape)
+    else:
+        folded_weight = weight * scale.reshape(-1, *[1] * (weight.dim() - 1))
+    folded_bias = shift if bias is None else bias * scale + shift
+    return folded_weight, folded_bias
+
+
+def _conv_transpose_args(stride, padding, output_padding, groups, dilation):
+    return {
+        "stride": stride,
+        "padding": padding,
+        "output_padding": output_padding,
+        "groups": groups,
+        "dilation": dilation,
+    }
+
+
+def _check_conv_weight(x, weight, bias, *, transposed, groups):
+    check_floating_tensors(x=x, weight=weight, **({"bias": bias} if bias is not None else {}))
+    if x.dim() != 4:
+        raise ValueError(f"x must be [N, C_in, H, W], got shape {list(x.shape)}")
+    if weight.dim() != 4:
+        kind = "[C_in, C_out/groups, kH, kW]" if transposed else "[C_out, C_in/groups, kH, kW]"
+        raise ValueError(f"weight must be {kind}, got shape {list(weight.shape)}")
+    if not isinstance(groups, int) or groups < 1:
+        raise ValueError(f"groups must be a positive int, got {groups!r}")
+    c_in = weight.shape[0] if transposed else weight.shape[1] * groups
+    if x.shape[1] != c_in:
+        raise ValueError(
+            f"x has {x.shape[1]} channels but weight {list(weight.shape)} expects {c_in} (groups={groups})"
+        )
+    if transposed and c_in % groups != 0:
+        raise ValueError(f"weight has {c_in} input channels, not divisible by groups={groups}")
+    return weight.shape[1] * groups if transposed else weight.shape[0]
+
+
+def deconv_bn_act(
+    x,
+    weight,
+    bias,
+    bn_weight,
+    bn_bias,
+    running_mean,
+    running_var,
+    *,
+    stride,
+    padding,
+    output_padding=0,
+    groups=1,
+    dilation=1,
+    training,
+    momentum=0.1,
+    eps=1e-5,
+    act="relu",
+    negative_slope=0.2,
+):
+    """act(BatchNorm2d(conv_transpose2d(x, weight, bias))): the DCGAN generator block, fused around the conv.
+
+    weight is a ConvTranspose2d weight [C_in, C_out/groups, kH, kW]; bias (of the convolution) may be None;
+    the BatchNorm arguments are as in ``bn_act``. In eval mode BatchNorm is folded into weight and bias.
+    """
+    channels = _check_conv_weight(x, weight, bias, transposed=True, groups=groups)
+    _check_bn_params(
+        channels,
+        weight,
+        bn_weight,
+        bn_bias,
+        running_mean,
+        running_var,
+        training,
+        momentum,
+        eps,
+        act,
+        negative_slope,
+        names=("weight", "bn_"),
+    )
+    conv_args = _conv_transpose_args(stride, padding, output_padding, groups, dilation)
+    backend = _backend.select("bn_act_train", x.device.type)
+    if backend == "reference":
+        return deconv_bn_act_reference(
+            x,
+            weight,
+            bias,
+            bn_weight,
+            bn_bias,
+            running_mean,
+            running_var,
+            conv_args=conv_args,
+            training=training,
+            momentum=momentum,
+            eps=eps,
+            act=act,
+            negative_slope=negative_slope,
+        )
+    if training:
+        y = F.conv_transpose2d(x, weight, bias, **conv_args)
+        return bn_act(
+            y,
+            bn_weight,
+            bn_bias,
+            running_mean,
+            running_var,
+            training=True,
+            momentum=momentum,
+            eps=eps,
+            act=act,
+            negative_slope=negative_slope,
+        )
+    folded_weight, folded_bias = fold_batch_norm(
+        weight, bias, bn_weight, bn_bias, running_mean, running_var, eps, transposed=True, groups=groups
+    )
+    y = F.conv_transpose2d(x, folded_weight, None, **conv_args)
+    return _affine_act(y, torch.ones_like(folded_bias), folded_bias, act, negative_slope)
+
+
+def upsample_conv_bn_act(
+    x,
+    weight,
+    bias,
+    bn_weight,
+    bn_bias,
+    running_mean,
+    running_var,
+    *,
+    training,
+    momentum=0.1,
+    eps=1e-5,
+    act="glu",
+    negative_slope=0.2,
+    scale_factor=2,
+    stride=1,
+    padding=1,
+    dilation=1,
+    groups=1,
+):
+    """act(BatchNorm2d(conv2d(nearest_upsample(x), weight, bias))): AttnGAN's up-block (3x3 conv, GLU).
+
+    weight is a Conv2d weight [C_out, C_in/groups, kH, kW] (C_out = 2 x the block's output channels for GLU);
+    scale_factor is the nearest-neighbour upsampling factor. In eval mode BatchNorm is folded into the conv.
+    """
+    channels = _check_conv_weight(x, weight, bias, transposed=False, groups=groups)
+    conv_args = {"stride": stride, "padding": padding, "dilation": dilation, "groups": groups}
+    _check_bn_params(
+        channels,
+        weight,
+        bn_weight,
+        bn_bias,
+        running_mean,
+        running_var,
+        training,
+        momentum,
+        eps,
+        act,
+        negative_slope,
+        names=("weight", "bn_"),
+    )
+    backend = _backend.select("bn_act_train", x.device.type)
+    if backend == "reference":
+        return upsample_conv_bn_act_reference(
+            x,
+            weight,
+            bias,
+            bn_weight,
+            bn_bias,
+            running_mean,
+            running_var,
+            scale_factor=scale_factor,
+            conv_args=conv_args,
+            training=training,
+            momentum=momentum,
+            eps=eps,
+            act=act,
+            negative_slope=negative_slope,
+        )
+    upsampled = F.interpolate(x, scale_factor=scale_factor, mode="nearest")
+    if training:
+        y = F.conv2d(upsampled, weight, bias, **conv_args)
+        return bn_act(
+            y,
+            bn_weight,
+            bn_bias,
+            running_mean,
+            running_var,
+            training=True,
+            momentum=momentum,
+            eps=eps,
+            act=act,
+            negative_slope=negative_slope,
+        )
+    folded_weight, folded_bias = fold_batch_norm(
+        weight, bias, bn_weight, bn_bias, running_mean, running_var, eps, transposed=False
+    )
+    y = F.conv2d(upsampled, folded_weight, None, **conv_args)
+    return _affine_act(y, torch.ones_like(folded_bias), folded_bias, act, negative_slope)
