@@ -150,6 +150,7 @@ class DaliLoader:
         self.shard = shard_range(len(dataset), shard_id, num_shards)
         self.device = device
         self._text_generator = torch.Generator().manual_seed(seed)
+        self._epoch, self._position, self._skip = 0, 0, 0
         pipeline = _image_pipeline(
             files=[str(path) for path in dataset.image_paths],
             crop_boxes=dataset.crop_boxes,
@@ -173,6 +174,23 @@ class DaliLoader:
             auto_reset=False,
         )
 
+    def state_dict(self):
+        """Where the loader is: epoch, batches consumed in it, and the caption sampler's generator."""
+        return {"epoch": self._epoch, "batch": self._position, "text_rng": self._text_generator.get_state()}
+
+    def load_state_dict(self, state):
+        """Continue from `state`. DALI's reader cannot jump to an epoch: a fresh pipeline replays its first
+        epoch's order, so the resumed run skips `batch` batches of that order (the exact continuation of an
+        interrupted run is the torch loader's guarantee, not DALI's)."""
+        if state["epoch"] > 0:
+            warnings.warn(
+                f"the DALI loader resumes epoch {state['epoch']} in its first epoch's order (use the torch loader "
+                "for an exact continuation)",
+                stacklevel=2,
+            )
+        self._epoch, self._skip = state["epoch"], state["batch"]
+        self._text_generator.set_state(state["text_rng"])
+
     def __len__(self):
         size = self.shard[1] - self.shard[0]
         return size // self.batch_size if self.last_batch == "drop" else -(-size // self.batch_size)
@@ -186,11 +204,17 @@ class DaliLoader:
                 break
             except RuntimeError as error:
                 raise self._name_bad_file(error) from error
+            if self._skip:
+                self._skip -= 1
+                self._position += 1
+                continue
+            self._position += 1
             indices = outputs["index"].reshape(-1).long().cpu()
             images = {size: outputs[f"image{size}"] for size in self.sizes}
             text = self.dataset.text_batch(indices, self._text_generator, self.max_words, self.caption_mode)
             yield Batch(images=images, **text)
         self._iterator.reset()
+        self._epoch, self._position = self._epoch + 1, 0
 
     def _name_bad_file(self, error):
         """DALI's decode errors do not name the file: find it by decoding the dataset's files with Pillow."""

@@ -105,6 +105,7 @@ class _EpochBatches:
         self.num_samples, self.batch_size, self.shuffle, self.seed = num_samples, batch_size, shuffle, seed
         self.shard, self.drop_last = shard, drop_last
         self.epoch = 0
+        self.start = 0  # batches of this epoch already consumed (a resumed run starts mid-epoch)
 
     def __len__(self):
         size = self.shard[1] - self.shard[0]
@@ -115,7 +116,8 @@ class _EpochBatches:
         if self.shuffle:
             order = np.random.default_rng([self.seed, self.epoch]).permutation(self.num_samples)
         mine = order[self.shard[0] : self.shard[1]]
-        for start in range(0, len(self) * self.batch_size, self.batch_size):
+        first, self.start = self.start * self.batch_size, 0
+        for start in range(first, len(self) * self.batch_size, self.batch_size):
             # each sample's crop and flip come from its own generator: (seed, epoch, index)
             yield [(int(i), (self.seed, self.epoch, int(i))) for i in mine[start : start + self.batch_size]]
 
@@ -154,9 +156,20 @@ class TorchLoader:
         self._num_workers = num_workers
         self._loader = None
         self._text_generator = torch.Generator().manual_seed(seed)
+        self._position = 0  # batches yielded in the current epoch
 
     def __len__(self):
         return len(self._sampler)
+
+    def state_dict(self):
+        """Where the loader is: epoch, batches consumed in it, and the caption sampler's generator."""
+        return {"epoch": self._sampler.epoch, "batch": self._position, "text_rng": self._text_generator.get_state()}
+
+    def load_state_dict(self, state):
+        """Continue from `state`: the next batch is the one an uninterrupted run would have yielded."""
+        self._sampler.epoch, self._sampler.start = state["epoch"], state["batch"]
+        self._position = state["batch"]
+        self._text_generator.set_state(state["text_rng"])
 
     def __iter__(self):
         if self._loader is None:  # created once: its worker processes persist across epochs
@@ -166,6 +179,7 @@ class TorchLoader:
                 num_workers=self._num_workers,
                 collate_fn=_collate,
                 persistent_workers=self._num_workers > 0,
+                generator=torch.Generator(),  # its own: starting an epoch must not draw from the global RNG
             )
         skipped_before = len(self.skipped)
         for samples in self._loader:
@@ -177,9 +191,11 @@ class TorchLoader:
                     self.skipped.add(error)
                 else:
                     raise error
+            self._position += 1
             if good:
                 yield self._batch([i for i, _ in good], [images for _, images in good])
         self._sampler.epoch += 1
+        self._position = 0
         if len(self.skipped) > skipped_before:
             warnings.warn(f"epoch {self._sampler.epoch}: {self.skipped.summary()}", stacklevel=2)
 

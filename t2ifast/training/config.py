@@ -1,0 +1,260 @@
+"""The training configuration: nested dataclasses, read from YAML files, overridden from the command line,
+checked, and saved resolved beside the run.
+
+    config = load_config("configs/birds.yaml", overrides=["train.batch_size=32", "gan.ngf=128"])
+    config.train.batch_size  # 32
+
+Every value is checked in `validate`, and a bad one raises ConfigError naming its key and what was expected.
+"""
+
+import dataclasses
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import yaml
+
+MODELS = ("gan-int-cls", "gan-cls", "gan-int", "gan", "damsm")
+TEXT_SOURCES = ("damsm", "precomputed", "minilm")
+WRONG_PAIRS = ("class", "roll")
+LOADERS = ("auto", "dali", "torch")
+BACKENDS = ("auto", "native", "triton", "reference")
+AMP = ("none", "bf16")
+DEVICES = ("auto", "cpu", "cuda")
+
+
+class ConfigError(ValueError):
+    """A configuration value that cannot be used; the message names the key."""
+
+
+@dataclass
+class DataConfig:
+    path: str = "synthetic"  # "synthetic" (generated and cached) or a dataset root (CUB, flowers, COCO, folder)
+    synthetic_images: int = 4000
+    synthetic_seed: int = 0
+    image_size: int = 64
+    max_words: int = 18
+    loader: str = "auto"  # auto = DALI when installed, else torch.utils.data
+    workers: int = 2
+
+
+@dataclass
+class TextConfig:
+    source: str = "damsm"  # the sentence embedding φ(t): damsm (pretrained here), precomputed (dataset file), minilm
+    embedding_dim: int = 256  # DAMSM: the bi-LSTM's hidden size = the sentence and word feature size
+    word_embedding_dim: int = 300
+    encoder: str | None = None  # a DAMSM checkpoint to use instead of pretraining one
+    pretrain_steps: int = 400
+    pretrain_batch_size: int = 48
+    pretrain_lr: float = 2e-3
+    image_encoder_width: int = 32
+    inception_weights: str | None = None  # Inception-v3 weights file for the DAMSM image encoder
+    gamma1: float = 4.0
+    gamma2: float = 5.0
+    gamma3: float = 10.0
+    average_captions: int = 1  # precomputed: average this many caption embeddings per image (the authors used 4)
+
+
+@dataclass
+class GANConfig:
+    ngf: int = 64
+    ndf: int = 64
+    z_dim: int = 100
+    projection_dim: int = 128
+    interpolation_beta: float = 0.5  # GAN-INT: β·t1 + (1 − β)·t2
+    wrong_pairs: str = "class"  # GAN-CLS mismatched text: a caption of another class, or a roll of the batch
+    smoothing: float = 0.0  # one-sided label smoothing of the real target
+    ema_decay: float = 0.999
+    style_steps: int = 200  # style encoder S trained on the finished G (0: none)
+
+
+@dataclass
+class TrainConfig:
+    out: str = "runs/t2ifast"
+    seed: int = 0
+    batch_size: int = 64
+    steps: int = 2000
+    epochs: int = 0  # when > 0: train this many epochs (steps is then derived from the loader's length)
+    lr_g: float = 2e-4
+    lr_d: float = 2e-4
+    betas: tuple = (0.5, 0.999)
+    backend: str = "auto"  # t2ifast op backend; "reference" runs the plain PyTorch paths
+    amp: str = "none"
+    compile: bool = False
+    device: str = "auto"
+    log_every: int = 25
+    checkpoint_every: int = 250
+    sample_every: int = 250
+    keep_checkpoints: int = 3
+    cache_dir: str = "~/.cache/t2ifast"
+
+
+@dataclass
+class EvalConfig:
+    caption_accuracy: bool = True  # synthetic set only: attributes of images generated from held-out captions
+    max_samples: int = 1000
+    classifier_steps: int = 600
+
+
+@dataclass
+class Config:
+    model: str = "gan-int-cls"
+    data: DataConfig = field(default_factory=DataConfig)
+    text: TextConfig = field(default_factory=TextConfig)
+    gan: GANConfig = field(default_factory=GANConfig)
+    train: TrainConfig = field(default_factory=TrainConfig)
+    eval: EvalConfig = field(default_factory=EvalConfig)
+
+    def to_dict(self):
+        return _plain(dataclasses.asdict(self))
+
+    @classmethod
+    def from_dict(cls, values, *, where="config"):
+        return _build(cls, values, where)
+
+
+def _plain(value):
+    if isinstance(value, dict):
+        return {k: _plain(v) for k, v in value.items()}
+    if isinstance(value, (list, tuple)):
+        return [_plain(v) for v in value]
+    return value
+
+
+def _build(cls, values, where):
+    if not isinstance(values, dict):
+        raise ConfigError(f"{where} must be a mapping, got {type(values).__name__}")
+    known = {f.name: f for f in dataclasses.fields(cls)}
+    unknown = sorted(set(values) - set(known))
+    if unknown:
+        raise ConfigError(f"{where}: unknown key(s) {unknown}; known: {sorted(known)}")
+    built = cls()
+    for name, value in values.items():
+        default = getattr(built, name)
+        key = f"{where}.{name}" if where != "config" else name
+        if dataclasses.is_dataclass(default):
+            setattr(built, name, _build(type(default), value, key))
+        else:
+            setattr(built, name, _coerce(key, value, default))
+    return built
+
+
+_KINDS = {bool: "true or false", int: "an integer", float: "a number", tuple: "a list of numbers", str: "a string"}
+
+
+def _coerce(key, value, default):
+    """The value in the type of the default (YAML reads 1e-4 as a string, CLI values arrive as strings)."""
+    if default is None or value is None:
+        return value
+    try:
+        if isinstance(default, bool):
+            if isinstance(value, str):
+                if value.lower() not in ("true", "false", "1", "0", "yes", "no"):
+                    raise ValueError
+                return value.lower() in ("true", "1", "yes")
+            return bool(value)
+        if isinstance(default, int):
+            if isinstance(value, float) and not value.is_integer():
+                raise ValueError
+            return int(value)
+        if isinstance(default, float):
+            return float(value)
+        if isinstance(default, tuple):
+            value = list(value) if isinstance(value, (list, tuple)) else yaml.safe_load(f"[{value.strip('[]()')}]")
+            return tuple(float(v) for v in value)
+        return str(value)
+    except (TypeError, ValueError):
+        raise ConfigError(f"{key} must be {_KINDS[type(default)]}, got {value!r}") from None
+
+
+def apply_override(values, assignment):
+    """Set `section.key=value` (value parsed as YAML) in a nested dict of values."""
+    if "=" not in assignment:
+        raise ConfigError(f"an override must look like section.key=value, got {assignment!r}")
+    path, raw = assignment.split("=", 1)
+    *sections, key = path.strip().split(".")
+    target = values
+    for section in sections:
+        target = target.setdefault(section, {})
+        if not isinstance(target, dict):
+            raise ConfigError(f"{path}: {section} is not a section")
+    target[key] = yaml.safe_load(raw) if raw.strip() else None
+
+
+def load_config(path=None, overrides=()):
+    """The checked Config of a YAML file (or the defaults) with `section.key=value` overrides applied."""
+    values = {}
+    if path is not None:
+        path = Path(path)
+        if not path.is_file():
+            raise ConfigError(f"config file {path} does not exist")
+        values = yaml.safe_load(path.read_text()) or {}
+        if not isinstance(values, dict):
+            raise ConfigError(f"config file {path} must hold a mapping of sections")
+    for assignment in overrides:
+        apply_override(values, assignment)
+    config = Config.from_dict(values)
+    validate(config)
+    return config
+
+
+def save_config(config, path):
+    Path(path).write_text(yaml.safe_dump(config.to_dict(), sort_keys=False))
+
+
+def _choice(key, value, choices):
+    if value not in choices:
+        raise ConfigError(f"{key} must be one of {', '.join(choices)}; got {value!r}")
+
+
+def _at_least(key, value, low):
+    if value < low:
+        raise ConfigError(f"{key} must be at least {low}, got {value!r}")
+
+
+def _within(key, value, low, high):
+    if not low <= value <= high:
+        raise ConfigError(f"{key} must be in [{low}, {high}], got {value!r}")
+
+
+def validate(config):
+    """Raise ConfigError on the first value that cannot be used."""
+    _choice("model", config.model, MODELS)
+    data, text, gan, train = config.data, config.text, config.gan, config.train
+    _choice("data.loader", data.loader, LOADERS)
+    _at_least("data.synthetic_images", data.synthetic_images, 2)
+    _choice("data.image_size", data.image_size, (64,))  # the Reed et al. models are 64×64
+    _at_least("data.max_words", data.max_words, 1)
+    _at_least("data.workers", data.workers, 0)
+    _choice("text.source", text.source, TEXT_SOURCES)
+    for key in ("embedding_dim", "word_embedding_dim", "pretrain_batch_size", "image_encoder_width"):
+        _at_least(f"text.{key}", getattr(text, key), 1)
+    if text.embedding_dim % 2:
+        raise ConfigError(f"text.embedding_dim must be even (two LSTM directions), got {text.embedding_dim}")
+    _at_least("text.pretrain_steps", text.pretrain_steps, 0)
+    _at_least("text.average_captions", text.average_captions, 1)
+    for key in ("pretrain_lr", "gamma1", "gamma2", "gamma3"):
+        if getattr(text, key) <= 0:
+            raise ConfigError(f"text.{key} must be positive, got {getattr(text, key)!r}")
+    for key in ("ngf", "ndf", "z_dim", "projection_dim"):
+        _at_least(f"gan.{key}", getattr(gan, key), 1)
+    _within("gan.interpolation_beta", gan.interpolation_beta, 0.0, 1.0)
+    _choice("gan.wrong_pairs", gan.wrong_pairs, WRONG_PAIRS)
+    if not 0.0 <= gan.smoothing < 1.0:
+        raise ConfigError(f"gan.smoothing must be in [0, 1), got {gan.smoothing!r}")
+    _within("gan.ema_decay", gan.ema_decay, 0.0, 1.0)
+    _at_least("gan.style_steps", gan.style_steps, 0)
+    _at_least("train.batch_size", train.batch_size, 2)
+    _at_least("train.steps", train.steps, 1)
+    _at_least("train.epochs", train.epochs, 0)
+    for key in ("lr_g", "lr_d"):
+        if getattr(train, key) <= 0:
+            raise ConfigError(f"train.{key} must be positive, got {getattr(train, key)!r}")
+    if len(train.betas) != 2 or not all(0.0 <= b < 1.0 for b in train.betas):
+        raise ConfigError(f"train.betas must be two numbers in [0, 1), got {train.betas!r}")
+    _choice("train.backend", train.backend, BACKENDS)
+    _choice("train.amp", train.amp, AMP)
+    _choice("train.device", train.device, DEVICES)
+    for key in ("log_every", "checkpoint_every", "sample_every", "keep_checkpoints"):
+        _at_least(f"train.{key}", getattr(train, key), 1)
+    _at_least("eval.max_samples", config.eval.max_samples, 1)
+    _at_least("eval.classifier_steps", config.eval.classifier_steps, 1)
