@@ -1,0 +1,43 @@
+"""Evaluation: the synthetic set's attribute classifier and caption accuracy; Inception Score and FID from a
+user-provided Inception weights file (t2ifast.evaluation.inception_metrics, imported on use: it needs the `eval`
+extra).
+
+    classifier, report = load_or_train_attribute_classifier(folder, "~/.cache/t2ifast/classifiers")
+    result = caption_accuracy(generate, open_dataset(folder, "test"), load_attributes(folder), classifier)
+"""
+
+from t2ifast.evaluation.attribute_classifier import (
+    CLASSIFIER_VERSION,
+    AttributeClassifier,
+    ClassifierReport,
+    chance_accuracy,
+    load_attribute_classifier,
+    load_or_train_attribute_classifier,
+    save_attribute_classifier,
+    train_attribute_classifier,
+)
+from t2ifast.evaluation.caption_accuracy import CaptionAccuracy, caption_accuracy, caption_accuracy_of_real_images
+
+__all__ = [
+    "CLASSIFIER_VERSION",
+    "AttributeClassifier",
+    "CaptionAccuracy",
+    "ClassifierReport",
+    "caption_accuracy",
+    "caption_accuracy_of_real_images",
+    "chance_accuracy",
+    "frechet_inception_distance",
+    "inception_score",
+    "load_attribute_classifier",
+    "load_or_train_attribute_classifier",
+    "save_attribute_classifier",
+    "train_attribute_classifier",
+]
+
+
+def __getattr__(name):  # the Inception metrics load torchmetrics only when asked for
+    if name in ("inception_score", "frechet_inception_distance"):
+        from t2ifast.evaluation import inception_metrics
+
+        return getattr(inception_metrics, name)
+    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
