@@ -34,6 +34,8 @@ class DataConfig:
     image_size: int = 64
     max_words: int = 18
     loader: str = "auto"  # auto = DALI when installed, else torch.utils.data
+    # random crop + horizontal flip; None = on, except on the synthetic set, whose captions say left and right
+    augment: bool | None = None
     workers: int = 2
 
 
@@ -43,7 +45,7 @@ class TextConfig:
     embedding_dim: int = 256  # DAMSM: the bi-LSTM's hidden size = the sentence and word feature size
     word_embedding_dim: int = 300
     encoder: str | None = None  # a DAMSM checkpoint to use instead of pretraining one
-    pretrain_steps: int = 400
+    pretrain_steps: int = 200
     pretrain_batch_size: int = 48
     pretrain_lr: float = 2e-3
     image_encoder_width: int = 32
@@ -56,15 +58,15 @@ class TextConfig:
 
 @dataclass
 class GANConfig:
-    ngf: int = 64
-    ndf: int = 64
+    ngf: int = 32  # 128 / 64 in the paper (configs/gan-int-cls-birds.yaml); 32 keeps the CPU default job short
+    ndf: int = 32
     z_dim: int = 100
     projection_dim: int = 128
     interpolation_beta: float = 0.5  # GAN-INT: β·t1 + (1 − β)·t2
     wrong_pairs: str = "class"  # GAN-CLS mismatched text: a caption of another class, or a roll of the batch
     smoothing: float = 0.0  # one-sided label smoothing of the real target
     ema_decay: float = 0.999
-    style_steps: int = 200  # style encoder S trained on the finished G (0: none)
+    style_steps: int = 100  # style encoder S trained on the finished G (0: none)
 
 
 @dataclass
@@ -72,7 +74,7 @@ class TrainConfig:
     out: str = "runs/t2ifast"
     seed: int = 0
     batch_size: int = 64
-    steps: int = 2000
+    steps: int = 600
     epochs: int = 0  # when > 0: train this many epochs (steps is then derived from the loader's length)
     lr_g: float = 2e-4
     lr_d: float = 2e-4
@@ -225,6 +227,8 @@ def validate(config):
     _choice("data.image_size", data.image_size, (64,))  # the Reed et al. models are 64×64
     _at_least("data.max_words", data.max_words, 1)
     _at_least("data.workers", data.workers, 0)
+    if data.augment not in (None, True, False):
+        raise ConfigError(f"data.augment must be true, false or null, got {data.augment!r}")
     _choice("text.source", text.source, TEXT_SOURCES)
     for key in ("embedding_dim", "word_embedding_dim", "pretrain_batch_size", "image_encoder_width"):
         _at_least(f"text.{key}", getattr(text, key), 1)

@@ -1,0 +1,108 @@
+"""python -m t2ifast.evaluate — how well a finished run's images match their captions.
+
+On the synthetic set: the caption accuracy — an attribute classifier trained on the set's real images (cached)
+predicts the shape, colour, size, position and background of images generated from held-out captions; the
+same classifier on the real held-out images gives the ceiling. With an Inception weights file: IS and FID.
+
+    python -m t2ifast.evaluate runs/t2ifast                      # caption accuracy (synthetic set runs)
+    python -m t2ifast.evaluate runs/t2ifast --inception-weights pt_inception-2015-12-05.pth
+"""
+
+import argparse
+import json
+import sys
+from pathlib import Path
+
+import torch
+
+from t2ifast.data import generate_synthetic, load_attributes, make_loader, open_dataset
+from t2ifast.evaluation import caption_accuracy, caption_accuracy_of_real_images, load_or_train_attribute_classifier
+from t2ifast.training.artifacts import load_run
+from t2ifast.visualize import accuracy_figure
+
+
+def synthetic_caption_accuracy(folder, held_out, generate, config, device, *, max_samples=1000, progress=True):
+    """(accuracy of images generated from held-out captions, the real held-out images' accuracy as a dict)."""
+    classifier, _ = load_or_train_attribute_classifier(
+        folder, Path(config.train.cache_dir).expanduser() / "classifiers", device=device, progress=progress,
+        steps=config.eval.classifier_steps,
+    )  # fmt: skip
+    attributes = load_attributes(folder)
+    options = {"max_samples": max_samples, "seed": config.train.seed, "device": device}
+    result = caption_accuracy(generate, held_out, attributes, classifier, **options)
+    ceiling = caption_accuracy_of_real_images(held_out, attributes, classifier, **options)
+    return result, ceiling.as_dict()
+
+
+def _generated_from(run, device):
+    @torch.no_grad()
+    def generate(batch):
+        embedding = run.embed(batch, "right")
+        return run.generator(torch.randn(len(embedding), run.generator.z_dim, device=device), embedding)
+
+    return generate
+
+
+def main(argv=None):
+    parser = argparse.ArgumentParser(prog="python -m t2ifast.evaluate", description=__doc__.split("\n\n")[0])
+    parser.add_argument("run", help="a finished run folder")
+    parser.add_argument("--max-samples", type=int, default=1000, help="held-out captions to generate from")
+    parser.add_argument("--inception-weights", help="Inception-v3 weights file for IS and FID (never downloaded)")
+    parser.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
+    parser.add_argument("--seed", type=int, default=0)
+    args = parser.parse_args(argv)
+    if args.max_samples < 1:
+        parser.error("--max-samples must be at least 1")
+    try:
+        report = evaluate(args)
+    except (FileNotFoundError, ValueError, ImportError) as error:
+        sys.exit(f"t2ifast.evaluate: {error}")
+    (Path(args.run) / "evaluation.json").write_text(json.dumps(report, indent=1))
+    print(json.dumps(report, indent=1))
+
+
+def evaluate(args):
+    torch.manual_seed(args.seed)
+    run = load_run(args.run, args.device)
+    config = run.config
+    if config.data.path == "synthetic":
+        folder = generate_synthetic(
+            Path(config.train.cache_dir).expanduser() / "synthetic", config.data.synthetic_images, 64,
+            config.data.synthetic_seed,
+        )  # fmt: skip
+    else:
+        folder = Path(config.data.path).expanduser()
+    held_out = open_dataset(folder, "test")
+    generate = _generated_from(run, args.device)
+    report = {}
+    if config.data.path == "synthetic":
+        result, ceiling = synthetic_caption_accuracy(
+            folder, held_out, generate, config, args.device, max_samples=args.max_samples
+        )
+        report["caption_accuracy"] = {"generated": result.as_dict(), "real": ceiling}
+        accuracy_figure(
+            {k: v for k, v in result.as_dict().items() if isinstance(v, float)},
+            title=f"caption accuracy of {config.model}",
+            reference={k: v for k, v in ceiling.items() if isinstance(v, float)},
+            path=Path(args.run) / "caption_accuracy.png",
+        )
+    if args.inception_weights:
+        from t2ifast.evaluation.inception_metrics import frechet_inception_distance, inception_score
+
+        def batches(fake):
+            loader = make_loader(held_out, 50, backend="torch", shuffle=False, augment=False, num_workers=0)
+            seen = 0
+            for batch in loader:
+                batch = batch.to(args.device)
+                yield generate(batch) if fake else batch.images[64]
+                seen += len(batch)
+                if seen >= args.max_samples:
+                    break
+
+        report["inception_score"] = inception_score(batches(True), args.inception_weights)
+        report["fid"] = frechet_inception_distance(batches(False), batches(True), args.inception_weights)
+    return report
+
+
+if __name__ == "__main__":
+    main()

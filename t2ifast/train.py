@@ -1,0 +1,301 @@
+"""python -m t2ifast.train — train a text-to-image GAN (or pretrain its DAMSM text encoder).
+
+With no arguments: generate the synthetic captioned-shapes set (cached), pretrain the DAMSM text encoder on it
+(cached), train GAN-INT-CLS, train the style encoder, and end with a sample grid (captions under the images),
+interpolation and style-transfer grids and the caption-accuracy figure, all in the run folder.
+
+    python -m t2ifast.train                                   # the default job, in runs/t2ifast
+    python -m t2ifast.train --config configs/gan-int-cls.yaml --data ~/data/birds --steps 20000
+    python -m t2ifast.train --model damsm --data ~/data/birds  # pretrain only the text encoder
+    python -m t2ifast.train --resume                          # continue the run in --out from its last checkpoint
+    torchrun --nproc_per_node=2 -m t2ifast.train ...          # DistributedDataParallel (gloo on CPU)
+
+Any config value can be set with `--set section.key=value`; the resolved config is saved as config.yaml.
+"""
+
+import argparse
+import contextlib
+import hashlib
+import json
+import sys
+from pathlib import Path
+
+import torch
+
+import t2ifast
+from t2ifast.data import Batch, DataError, generate_synthetic, make_loader, open_dataset
+from t2ifast.models.sentence_embeddings import (
+    DAMSMSentenceEmbeddings,
+    MiniLMSentenceEmbeddings,
+    PrecomputedSentenceEmbeddings,
+)
+from t2ifast.training import artifacts
+from t2ifast.training.config import MODELS, ConfigError, load_config, save_config
+from t2ifast.training.damsm import DAMSMTask
+from t2ifast.training.gan_int_cls import GANINTCLSTask, StyleEncoderTask
+from t2ifast.training.loop import TrainingDiverged, train
+from t2ifast.training.runtime import seed_everything, start_runtime, stop_runtime
+
+# command-line flags -> config keys (each is also reachable as --set key=value)
+FLAGS = {
+    "model": "model",
+    "data": "data.path",
+    "out": "train.out",
+    "ngf": "gan.ngf",
+    "ndf": "gan.ndf",
+    "batch_size": "train.batch_size",
+    "lr_g": "train.lr_g",
+    "lr_d": "train.lr_d",
+    "steps": "train.steps",
+    "epochs": "train.epochs",
+    "seed": "train.seed",
+    "backend": "train.backend",
+    "amp": "train.amp",
+    "loader": "data.loader",
+    "device": "train.device",
+    "text_encoder": "text.encoder",
+}
+
+
+def parse_args(argv=None):
+    parser = argparse.ArgumentParser(prog="python -m t2ifast.train", description=__doc__.split("\n\n")[0])
+    parser.add_argument("--config", help="a YAML config file (sections: data, text, gan, train, eval)")
+    parser.add_argument("--model", choices=MODELS)
+    parser.add_argument("--data", help="'synthetic' or a dataset root (CUB / Oxford-102 / COCO / image folder)")
+    parser.add_argument("--out", help="the run folder")
+    parser.add_argument("--ngf", type=int, help="generator width")
+    parser.add_argument("--ndf", type=int, help="discriminator width")
+    parser.add_argument("--batch-size", type=int)
+    parser.add_argument("--lr-g", type=float, help="generator learning rate")
+    parser.add_argument("--lr-d", type=float, help="discriminator learning rate")
+    parser.add_argument("--betas", type=float, nargs=2, metavar=("BETA1", "BETA2"), help="Adam betas")
+    parser.add_argument("--steps", type=int)
+    parser.add_argument("--epochs", type=int, help="train this many epochs instead of --steps")
+    parser.add_argument("--seed", type=int)
+    parser.add_argument("--backend", choices=("auto", *t2ifast.BACKENDS), help="t2ifast op backend")
+    parser.add_argument("--amp", choices=("none", "bf16"))
+    parser.add_argument("--compile", action="store_true", help="torch.compile the generator and discriminator")
+    parser.add_argument("--loader", choices=("auto", "dali", "torch"))
+    parser.add_argument("--device", choices=("auto", "cpu", "cuda"))
+    parser.add_argument("--text-encoder", help="a DAMSM text encoder (.safetensors) to use instead of pretraining")
+    parser.add_argument("--resume", action="store_true", help="continue from the newest checkpoint in the run folder")
+    parser.add_argument("--set", action="append", default=[], metavar="KEY=VALUE", help="override any config value")
+    return parser.parse_args(argv)
+
+
+def overrides_of(args):
+    overrides = [f"{key}={getattr(args, flag)}" for flag, key in FLAGS.items() if getattr(args, flag) is not None]
+    if args.betas is not None:
+        overrides.append(f"train.betas=[{args.betas[0]}, {args.betas[1]}]")
+    if args.compile:
+        overrides.append("train.compile=true")
+    return overrides + list(args.set)
+
+
+def main(argv=None):
+    args = parse_args(argv)
+    try:
+        config = load_config(args.config, overrides_of(args))
+    except ConfigError as error:
+        sys.exit(f"t2ifast.train: bad configuration: {error}")
+    runtime = start_runtime(config.train.device, config.train.amp)
+    try:
+        forced = contextlib.nullcontext() if config.train.backend == "auto" else t2ifast.backend(config.train.backend)
+        with forced:
+            run(config, runtime, resume=args.resume)
+    except (ConfigError, DataError, FileNotFoundError) as error:
+        sys.exit(f"t2ifast.train: {error}")
+    except TrainingDiverged as error:
+        sys.exit(f"t2ifast.train: training diverged: {error}")
+    finally:
+        stop_runtime(runtime)
+
+
+def run(config, runtime, *, resume=False):
+    """Every phase of a run; each phase is cached or resumable, so running it again continues."""
+    out = Path(config.train.out).expanduser()
+    if runtime.is_main:
+        out.mkdir(parents=True, exist_ok=True)
+        save_config(config, out / "config.yaml")
+    seed_everything(config.train.seed, runtime.rank)
+    folder = dataset_folder(config, runtime)
+    train_set = open_dataset(folder, "train")
+    if runtime.is_main:
+        artifacts.save_vocabulary(train_set.vocabulary, out / artifacts.VOCABULARY)
+    if config.model == "damsm":
+        text_encoder = pretrain_damsm(config, train_set, runtime, out, resume=resume)
+        if runtime.is_main:
+            artifacts.save_weights(text_encoder, out / artifacts.TEXT_ENCODER)
+        return
+    embed = sentence_embeddings(config, folder, train_set, runtime, out)
+    task = train_gan(config, train_set, embed, runtime, out, resume=resume)
+    style = train_style_encoder(config, train_set, embed, task.sampler, runtime, out, resume=resume)
+    if runtime.is_main:
+        artifacts.save_weights(task.sampler, out / artifacts.GENERATOR)
+        if style is not None:
+            artifacts.save_weights(style.encoder, out / artifacts.STYLE_ENCODER)
+        finish(config, folder, task, style, embed, runtime, out)
+
+
+def dataset_folder(config, runtime):
+    if config.data.path != "synthetic":
+        return Path(config.data.path).expanduser()
+    root = Path(config.train.cache_dir).expanduser() / "synthetic"
+    if runtime.is_main:  # generated once; the other ranks wait and read it
+        generate_synthetic(root, config.data.synthetic_images, 64, config.data.synthetic_seed)
+    runtime.barrier()
+    return generate_synthetic(root, config.data.synthetic_images, 64, config.data.synthetic_seed)
+
+
+def loader_for(config, dataset, runtime, *, batch_size, seed_offset=0):
+    return make_loader(
+        dataset,
+        batch_size,
+        backend=config.data.loader,
+        sizes=(config.data.image_size,),
+        augment=config.data.path != "synthetic" if config.data.augment is None else config.data.augment,
+        seed=config.train.seed + seed_offset,
+        max_words=config.data.max_words,
+        shard_id=runtime.rank,
+        num_shards=runtime.world_size,
+        last_batch="drop",  # every rank runs the same number of steps; batch statistics never see a tiny batch
+        num_workers=config.data.workers,
+        device="gpu" if runtime.device.type == "cuda" else "cpu",
+    )
+
+
+def steps_of(config, loader):
+    return config.train.epochs * len(loader) if config.train.epochs else config.train.steps
+
+
+def _train_kwargs(config, loader, out, resume):
+    train_config = config.train
+    return {
+        "out_dir": out,
+        "steps": steps_of(config, loader),
+        "log_every": train_config.log_every,
+        "checkpoint_every": train_config.checkpoint_every,
+        "sample_every": train_config.sample_every,
+        "keep_checkpoints": train_config.keep_checkpoints,
+        "resume": resume,
+    }
+
+
+def pretrain_damsm(config, dataset, runtime, out, *, resume):
+    task = DAMSMTask(config, len(dataset.vocabulary), runtime, use_class_ids=dataset.class_ids is not None)
+    loader = loader_for(config, dataset, runtime, batch_size=config.text.pretrain_batch_size, seed_offset=1)
+    kwargs = _train_kwargs(config, loader, out, resume)
+    kwargs["steps"] = config.text.pretrain_steps
+    train(task, loader, runtime, **kwargs)
+    return task.damsm.text_encoder
+
+
+def damsm_cache_folder(config, dataset_path):
+    """Where the DAMSM pretrained for this dataset and these text settings is kept."""
+    text = config.text
+    key = json.dumps(
+        {
+            "data": str(Path(dataset_path).resolve()),
+            "max_words": config.data.max_words,
+            **{k: getattr(text, k) for k in ("embedding_dim", "word_embedding_dim", "pretrain_steps")},
+            **{k: getattr(text, k) for k in ("pretrain_batch_size", "pretrain_lr", "image_encoder_width")},
+            **{k: getattr(text, k) for k in ("inception_weights", "gamma1", "gamma2", "gamma3")},
+            "seed": config.train.seed,
+        },
+        sort_keys=True,
+    )
+    digest = hashlib.sha256(key.encode()).hexdigest()[:12]
+    return Path(config.train.cache_dir).expanduser() / "damsm" / f"{Path(dataset_path).name}-{digest}"
+
+
+def sentence_embeddings(config, folder, dataset, runtime, out):
+    """φ(t) for the GAN: the DAMSM text encoder (given, cached, or pretrained now), precomputed, or MiniLM."""
+    text = config.text
+    if text.source == "precomputed":
+        return PrecomputedSentenceEmbeddings(dataset=dataset, average=text.average_captions)
+    if text.source == "minilm":
+        return MiniLMSentenceEmbeddings(dataset.vocabulary)
+    encoder = artifacts.build_text_encoder(config, len(dataset.vocabulary))
+    if text.encoder:
+        artifacts.load_weights(encoder, text.encoder)
+    else:
+        cache = damsm_cache_folder(config, folder)
+        cached = cache / artifacts.TEXT_ENCODER
+        if not cached.is_file():
+            cache_config = load_config(overrides=[f"train.out={cache}"])
+            cache_config.text, cache_config.data, cache_config.train.seed = text, config.data, config.train.seed
+            cache_config.train.device, cache_config.train.amp = config.train.device, config.train.amp
+            trained = pretrain_damsm(cache_config, dataset, runtime, cache, resume=True)
+            if runtime.is_main:
+                artifacts.save_weights(trained, cached)
+            runtime.barrier()
+        artifacts.load_weights(encoder, cached)
+    if runtime.is_main:
+        artifacts.save_weights(encoder, out / artifacts.TEXT_ENCODER)
+    return DAMSMSentenceEmbeddings(encoder.to(runtime.device))
+
+
+def _preview_captions(dataset, count=16):
+    """A fixed batch of captions to watch during training."""
+    indices = torch.linspace(0, len(dataset) - 1, min(count, len(dataset))).long()
+    text = dataset.text_batch(indices, torch.Generator().manual_seed(0), max_words=18, mode="truncate")
+    captions = [dataset.vocabulary.decode(row) for row in text["captions"]]
+    return text, captions
+
+
+def train_gan(config, dataset, embed, runtime, out, *, resume):
+    text, captions = _preview_captions(dataset)
+    preview = Batch(images={}, **text).to(runtime.device)
+    task = GANINTCLSTask(config, embed, runtime, preview_batch=preview, preview_captions=captions)
+    loader = loader_for(config, dataset, runtime, batch_size=config.train.batch_size)
+    train(task, loader, runtime, **_train_kwargs(config, loader, out, resume))
+    return task
+
+
+def train_style_encoder(config, dataset, embed, generator, runtime, out, *, resume):
+    if config.gan.style_steps == 0:
+        return None
+    task = StyleEncoderTask(config, embed, generator, runtime)
+    loader = loader_for(config, dataset, runtime, batch_size=config.train.batch_size, seed_offset=2)
+    kwargs = _train_kwargs(config, loader, out, resume)
+    kwargs["steps"] = config.gan.style_steps
+    train(task, loader, runtime, **kwargs)
+    return task
+
+
+def finish(config, folder, task, style, embed, runtime, out):
+    """The pictures and figures a run ends with."""
+    from t2ifast.sample import interpolation_grid, style_transfer_grid
+    from t2ifast.visualize import accuracy_figure, caption_grid
+
+    try:
+        held_out = open_dataset(folder, "test")
+    except DataError:
+        held_out = open_dataset(folder, "train")
+    text, captions = _preview_captions(held_out, 32)
+    batch = Batch(images={}, **text).to(runtime.device)
+    caption_grid(task.sample(batch).float().cpu(), captions, path=out / "samples.png")
+    generator = task.sampler
+    interpolation_grid(generator, embed, batch, path=out / "interpolation.png")
+    if style is not None:
+        style_transfer_grid(generator, style.encoder, embed, batch, path=out / "style_transfer.png")
+    print(f"samples written to {out / 'samples.png'}")
+    if config.data.path == "synthetic" and config.eval.caption_accuracy:
+        from t2ifast.evaluate import synthetic_caption_accuracy
+
+        result, ceiling = synthetic_caption_accuracy(
+            folder, held_out, task.sample, config, runtime.device, max_samples=config.eval.max_samples
+        )
+        (out / "caption_accuracy.json").write_text(json.dumps({"generated": result.as_dict(), "real": ceiling}))
+        accuracy_figure(
+            {k: v for k, v in result.as_dict().items() if isinstance(v, float)},
+            title=f"caption accuracy of {config.model} on held-out captions",
+            reference={k: v for k, v in ceiling.items() if isinstance(v, float)},
+            path=out / "caption_accuracy.png",
+        )
+        print(result)
+        print(f"caption accuracy written to {out / 'caption_accuracy.png'}")
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,125 @@
+"""What a finished run leaves for sampling and evaluation, and how it is read back.
+
+A run folder holds, beside its checkpoints:
+    config.yaml                 the resolved configuration
+    vocabulary.json             the caption vocabulary (index -> word)
+    text_encoder.safetensors    the DAMSM text encoder (text.source = damsm)
+    generator.safetensors       the EMA generator
+    style_encoder.safetensors   the style encoder S (when trained)
+Weights are safetensors files written atomically: reading them never runs code.
+"""
+
+import json
+import os
+import tempfile
+from dataclasses import dataclass
+from pathlib import Path
+from types import SimpleNamespace
+
+import torch
+from safetensors.torch import load_file, save_file
+
+from t2ifast.data import PAD_INDEX, Vocabulary, tokenize
+from t2ifast.models.sentence_embeddings import DAMSMSentenceEmbeddings, MiniLMSentenceEmbeddings
+from t2ifast.models.text_conditioned_generator import StyleEncoder
+from t2ifast.models.text_encoder import TextEncoder
+from t2ifast.training.config import ConfigError, load_config
+
+TEXT_ENCODER, GENERATOR, STYLE_ENCODER, VOCABULARY = (
+    "text_encoder.safetensors",
+    "generator.safetensors",
+    "style_encoder.safetensors",
+    "vocabulary.json",
+)
+
+
+def save_weights(module, path):
+    """A module's state_dict as a safetensors file, written atomically."""
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    state = {name: tensor.detach().contiguous().cpu() for name, tensor in module.state_dict().items()}
+    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
+    os.close(fd)
+    try:
+        save_file(state, tmp)
+        os.replace(tmp, path)
+    except BaseException:
+        Path(tmp).unlink(missing_ok=True)
+        raise
+
+
+def load_weights(module, path):
+    path = Path(path)
+    if not path.is_file():
+        raise FileNotFoundError(f"weights file {path} does not exist")
+    module.load_state_dict(load_file(str(path)))
+    return module
+
+
+def save_vocabulary(vocabulary, path):
+    Path(path).write_text(json.dumps(vocabulary.index_to_word))
+
+
+def load_vocabulary(path):
+    return Vocabulary(json.loads(Path(path).read_text())[1:])  # index 0 is '<end>'
+
+
+def build_text_encoder(config, vocabulary_size):
+    text = config.text
+    return TextEncoder(vocabulary_size, embedding_dim=text.word_embedding_dim, hidden_dim=text.embedding_dim)
+
+
+def encode_captions(captions, vocabulary, max_words, device):
+    """Free-text captions as a batch-like object with word indices, lengths and masks (truncated to max_words)."""
+    rows = []
+    for caption in captions:
+        indices, unknown = vocabulary.encode(tokenize(caption))
+        if not indices:
+            raise ValueError(f"caption {caption!r} has no word of the model's vocabulary (unknown: {unknown})")
+        rows.append(indices[:max_words])
+    width = max(len(r) for r in rows)
+    words = torch.full((len(rows), width), PAD_INDEX, dtype=torch.long)
+    for i, row in enumerate(rows):
+        words[i, : len(row)] = torch.tensor(row)
+    lengths = torch.tensor([len(r) for r in rows])
+    return SimpleNamespace(
+        captions=words.to(device), caption_lengths=lengths.to(device), caption_mask=(words == PAD_INDEX).to(device)
+    )
+
+
+@dataclass
+class FinishedRun:
+    config: object
+    vocabulary: Vocabulary
+    embed: object  # sentence embeddings: (batch, which) -> [B, E]
+    generator: torch.nn.Module
+    style_encoder: torch.nn.Module | None
+
+    def embed_captions(self, captions, device):
+        return self.embed(encode_captions(captions, self.vocabulary, self.config.data.max_words, device), "right")
+
+
+def load_run(run_dir, device="cpu"):
+    """The models of a finished GAN run, in eval mode on `device`."""
+    from t2ifast.training.gan_int_cls import build_generator  # the GAN floor imports this module's helpers
+
+    run_dir = Path(run_dir)
+    if not (run_dir / "config.yaml").is_file():
+        raise FileNotFoundError(f"{run_dir} is not a t2ifast run folder (no config.yaml)")
+    config = load_config(run_dir / "config.yaml")
+    if config.model == "damsm":
+        raise ConfigError(f"{run_dir} is a DAMSM pretraining run: it has no generator to sample from")
+    vocabulary = load_vocabulary(run_dir / VOCABULARY)
+    if config.text.source == "damsm":
+        text_encoder = load_weights(build_text_encoder(config, len(vocabulary)), run_dir / TEXT_ENCODER)
+        embed = DAMSMSentenceEmbeddings(text_encoder.to(device))
+    elif config.text.source == "minilm":
+        embed = MiniLMSentenceEmbeddings(vocabulary)
+    else:
+        raise ConfigError("sampling from free text needs a text encoder: this run used precomputed embeddings")
+    generator = load_weights(build_generator(config, embed.embedding_dim), run_dir / GENERATOR).to(device).eval()
+    style_encoder = None
+    if (run_dir / STYLE_ENCODER).is_file():
+        style_encoder = StyleEncoder(z_dim=config.gan.z_dim, ndf=config.gan.ndf)
+        style_encoder = load_weights(style_encoder, run_dir / STYLE_ENCODER).to(device).eval()
+    return FinishedRun(config, vocabulary, embed, generator, style_encoder)

@@ -1,0 +1,208 @@
+"""Training Reed et al.'s text-conditioned GAN: GAN, GAN-CLS, GAN-INT and GAN-INT-CLS, and the style encoder.
+
+One step, with B real images, their captions' embeddings t ("right") and mismatched ones t̂ ("wrong"):
+1. the generator draws B fakes from (z, t) and — GAN-INT — B/2 more from interpolated text
+   t_int = β·t[:B/2] + (1 − β)·t[B/2:2·(B/2)], in one forward pass;
+2. the discriminator scores (real, t) → 1, (real, t̂) → 0 (GAN-CLS only) and (fake, t) → 0 with its trunk
+   run once per image set (`MatchingAwareDiscriminator.score_pairs`) and the fused `matching_aware_loss`;
+   the interpolated fakes are never scored here (no real image exists for them);
+3. the generator minimises −log D(fake, text) over all its fakes, interpolated ones included.
+An exponential moving average of G's weights is kept and used for every sample.
+"""
+
+import copy
+
+import torch
+from torch import nn
+from torch.nn.parallel import DistributedDataParallel
+from torch.optim.swa_utils import AveragedModel
+
+from t2ifast.models.matching_aware_discriminator import MatchingAwareDiscriminator
+from t2ifast.models.text_conditioned_generator import StyleEncoder, TextConditionedGenerator
+from t2ifast.ops import generator_loss, matching_aware_loss
+from t2ifast.visualize import caption_grid
+
+VARIANTS = {  # model name -> (matching-aware pairs, interpolated text)
+    "gan": (False, False),
+    "gan-cls": (True, False),
+    "gan-int": (False, True),
+    "gan-int-cls": (True, True),
+}
+
+
+class _PairScorer(nn.Module):
+    """score_pairs as a forward, so that DistributedDataParallel sees the discriminator step."""
+
+    def __init__(self, discriminator):
+        super().__init__()
+        self.discriminator = discriminator
+
+    def forward(self, real, fake, right, wrong):
+        return self.discriminator.score_pairs(real, fake, right, wrong)
+
+
+def _distributed(module, runtime):
+    if not runtime.distributed:
+        return module
+    return DistributedDataParallel(module, device_ids=[runtime.device.index] if runtime.device.type == "cuda" else None)
+
+
+def build_generator(config, embedding_dim):
+    gan = config.gan
+    return TextConditionedGenerator(embedding_dim, z_dim=gan.z_dim, projection_dim=gan.projection_dim, ngf=gan.ngf)
+
+
+class GANINTCLSTask:
+    """The GAN step of `config.model` (gan, gan-cls, gan-int, gan-int-cls) on sentence embeddings `embed`."""
+
+    name = "gan"
+
+    def __init__(self, config, embed, runtime, *, preview_batch=None, preview_captions=()):
+        self.config, self.embed, self.runtime = config, embed, runtime
+        self.matching_aware, self.interpolate = VARIANTS[config.model]
+        gan, train = config.gan, config.train
+        device = runtime.device
+        self.generator = build_generator(config, embed.embedding_dim).to(device)
+        self.discriminator = MatchingAwareDiscriminator(embed.embedding_dim, gan.projection_dim, gan.ndf).to(device)
+        self.ema = AveragedModel(self.generator, multi_avg_fn=self._ema_average, use_buffers=True)
+        self._ema_updates = 0
+        self.g_optimizer = torch.optim.Adam(self.generator.parameters(), lr=train.lr_g, betas=tuple(train.betas))
+        self.d_optimizer = torch.optim.Adam(self.discriminator.parameters(), lr=train.lr_d, betas=tuple(train.betas))
+        self._generate = _distributed(self.generator, runtime)
+        self._score_pairs = _distributed(_PairScorer(self.discriminator), runtime)
+        if train.compile:
+            self._generate = torch.compile(self._generate)
+            self._score_pairs = torch.compile(self._score_pairs)
+        self.preview_batch, self.preview_captions = preview_batch, list(preview_captions)
+        self._preview_z = None if preview_batch is None else torch.randn(len(preview_batch), gan.z_dim, device=device)
+
+    def texts(self, batch):
+        """(right, wrong or None) sentence embeddings of a batch."""
+        right = self.embed(batch, "right")
+        if not self.matching_aware:
+            return right, None
+        if self.config.gan.wrong_pairs == "roll":
+            return right, right.roll(1, dims=0)
+        return right, self.embed(batch, "wrong")
+
+    def train_step(self, batch):
+        real = batch.images[64]
+        right, wrong = self.texts(batch)
+        conditions = right
+        if self.interpolate:
+            half, beta = len(right) // 2, self.config.gan.interpolation_beta
+            conditions = torch.cat([right, beta * right[:half] + (1 - beta) * right[half : 2 * half]])
+        z = torch.randn(len(conditions), self.config.gan.z_dim, device=real.device)
+        with self.runtime.autocast():
+            fakes = self._generate(z, conditions)
+
+        # discriminator: (real, right) -> 1, (real, wrong) -> 0, (fake, right) -> 0
+        with self.runtime.autocast():
+            s_real, s_wrong, s_fake = self._score_pairs(real, fakes[: len(real)].detach(), right, wrong)
+        d = matching_aware_loss(s_real.float(), s_wrong.float(), s_fake.float(), smoothing=self.config.gan.smoothing)
+        self.d_optimizer.zero_grad(set_to_none=True)
+        d.loss.backward()
+        self.d_optimizer.step()
+
+        # generator: every fake, interpolated ones included, scored by the updated D with its text. D's own
+        # parameters are frozen for this pass (and it is called outside DDP: it has no gradients to share)
+        self.discriminator.requires_grad_(False)
+        try:
+            with self.runtime.autocast():
+                s_generated = self.discriminator(fakes, conditions)
+            g_loss = generator_loss(s_generated.float())
+            self.g_optimizer.zero_grad(set_to_none=True)
+            g_loss.backward()
+            self.g_optimizer.step()
+        finally:
+            self.discriminator.requires_grad_(True)
+        self.ema.update_parameters(self.generator)
+        self._ema_updates += 1
+        losses = {"d_loss": d.loss, "d_real": d.real, "d_fake": d.fake, "g_loss": g_loss}
+        if self.matching_aware:
+            losses["d_wrong"] = d.wrong
+        return losses
+
+    def _ema_average(self, averaged, current, num_averaged):
+        """EMA with a warm-up: the decay grows as (1 + n) / (10 + n) up to gan.ema_decay, so that the average of
+        a short run is not stuck near its random start (counted on the host: no sync)."""
+        n = self._ema_updates
+        decay = min(self.config.gan.ema_decay, (1 + n) / (10 + n))
+        if averaged[0].is_floating_point():  # AveragedModel groups tensors by dtype
+            torch._foreach_lerp_(averaged, current, 1 - decay)
+        else:  # BatchNorm's num_batches_tracked: counted, not averaged
+            torch._foreach_copy_(averaged, current)
+
+    @property
+    def sampler(self):
+        """The EMA generator, for sampling."""
+        return self.ema.module
+
+    def state_dict(self):
+        return {
+            "generator": self.generator.state_dict(),
+            "discriminator": self.discriminator.state_dict(),
+            "ema": self.ema.state_dict(),
+            "g_optimizer": self.g_optimizer.state_dict(),
+            "d_optimizer": self.d_optimizer.state_dict(),
+        }
+
+    def load_state_dict(self, state):
+        self.generator.load_state_dict(state["generator"])
+        self.discriminator.load_state_dict(state["discriminator"])
+        self.ema.load_state_dict(state["ema"])
+        self._ema_updates = int(self.ema.n_averaged)
+        self.g_optimizer.load_state_dict(state["g_optimizer"])
+        self.d_optimizer.load_state_dict(state["d_optimizer"])
+
+    @torch.no_grad()
+    def preview(self):
+        if self.preview_batch is None:
+            return None
+        return caption_grid(self.sample(self.preview_batch, self._preview_z).float().cpu(), self.preview_captions)
+
+    @torch.no_grad()
+    def sample(self, batch, z=None):
+        """Images of the EMA generator for a batch's captions."""
+        embedding = self.embed(batch, "right")
+        if z is None:
+            z = torch.randn(len(embedding), self.config.gan.z_dim, device=embedding.device)
+        generator = self.sampler
+        generator.eval()
+        return generator(z, embedding)
+
+
+class StyleEncoderTask:
+    """S trained on a finished, frozen generator: minimise ‖z − S(G(z, φ(t)))‖² over the captions' embeddings."""
+
+    name = "style"
+
+    def __init__(self, config, embed, generator, runtime):
+        self.config, self.embed, self.runtime = config, embed, runtime
+        self.generator = copy.deepcopy(generator).eval().requires_grad_(False)
+        self.encoder = StyleEncoder(z_dim=config.gan.z_dim, ndf=config.gan.ndf).to(runtime.device)
+        self.optimizer = torch.optim.Adam(self.encoder.parameters(), lr=config.train.lr_g, betas=(0.5, 0.999))
+        self._encode = _distributed(self.encoder, runtime)
+
+    def train_step(self, batch):
+        embedding = self.embed(batch, "right")
+        z = torch.randn(len(embedding), self.config.gan.z_dim, device=embedding.device)
+        with torch.no_grad(), self.runtime.autocast():
+            images = self.generator(z, embedding)
+        with self.runtime.autocast():
+            recovered = self._encode(images.float())
+        loss = torch.nn.functional.mse_loss(recovered.float(), z)
+        self.optimizer.zero_grad(set_to_none=True)
+        loss.backward()
+        self.optimizer.step()
+        return {"style_loss": loss}
+
+    def state_dict(self):
+        return {"encoder": self.encoder.state_dict(), "optimizer": self.optimizer.state_dict()}
+
+    def load_state_dict(self, state):
+        self.encoder.load_state_dict(state["encoder"])
+        self.optimizer.load_state_dict(state["optimizer"])
+
+    def preview(self):
+        return None

@@ -1,0 +1,73 @@
+"""Where a run executes: device, distributed process group (torchrun), mixed precision, seeding.
+
+Under `torchrun --nproc_per_node=K` every process reads RANK / LOCAL_RANK / WORLD_SIZE from its environment,
+joins a process group (NCCL on GPUs, gloo on CPUs — so DistributedDataParallel also runs on a CPU machine)
+and trains on its shard of the data. Rank 0 alone writes checkpoints, logs and pictures.
+"""
+
+import contextlib
+import os
+import random
+from dataclasses import dataclass
+
+import numpy as np
+import torch
+import torch.distributed as dist
+
+
+@dataclass
+class Runtime:
+    device: torch.device
+    rank: int = 0
+    world_size: int = 1
+    amp: str = "none"
+
+    @property
+    def distributed(self):
+        return self.world_size > 1
+
+    @property
+    def is_main(self):
+        return self.rank == 0
+
+    def autocast(self):
+        """bf16 autocast when asked for (the losses are computed in float32 outside it)."""
+        if self.amp == "bf16":
+            return torch.autocast(self.device.type, dtype=torch.bfloat16)
+        return contextlib.nullcontext()
+
+    def barrier(self):
+        if self.distributed:
+            dist.barrier()
+
+
+def start_runtime(device="auto", amp="none"):
+    """The Runtime of this process, joining the torchrun process group when WORLD_SIZE > 1."""
+    world_size = int(os.environ.get("WORLD_SIZE", "1"))
+    rank = int(os.environ.get("RANK", "0"))
+    local_rank = int(os.environ.get("LOCAL_RANK", "0"))
+    if device == "auto":
+        device = "cuda" if torch.cuda.is_available() else "cpu"
+    if device == "cuda":
+        if not torch.cuda.is_available():
+            raise RuntimeError("train.device=cuda was asked for, but torch sees no CUDA GPU")
+        torch.cuda.set_device(local_rank)
+        device = torch.device("cuda", local_rank)
+    else:
+        device = torch.device("cpu")
+    if world_size > 1 and not dist.is_initialized():
+        dist.init_process_group("nccl" if device.type == "cuda" else "gloo")
+    return Runtime(device=device, rank=rank, world_size=world_size, amp=amp)
+
+
+def stop_runtime(runtime):
+    if runtime.distributed and dist.is_initialized():
+        dist.destroy_process_group()
+
+
+def seed_everything(seed, rank=0):
+    """Seed Python, NumPy and torch; each rank draws its own noise."""
+    seed = seed + 1000003 * rank
+    random.seed(seed)
+    np.random.seed(seed % 2**32)  # noqa: NPY002 - the global generator is what user code draws from
+    torch.manual_seed(seed)

@@ -1,0 +1,217 @@
+"""The GAN-INT-CLS training system: models, steps, resume, divergence, and the whole command line."""
+
+import math
+import os
+import signal
+import subprocess
+import sys
+import time
+
+import pytest
+import torch
+
+from t2ifast.data import generate_synthetic, make_loader, open_dataset
+from t2ifast.models.sentence_embeddings import DAMSMSentenceEmbeddings
+from t2ifast.models.text_conditioned_generator import StyleEncoder, TextConditionedGenerator
+from t2ifast.models.text_encoder import TextEncoder
+from t2ifast.training import checkpoint
+from t2ifast.training.config import load_config
+from t2ifast.training.gan_int_cls import GANINTCLSTask
+from t2ifast.training.loop import TrainingDiverged, train
+from t2ifast.training.runtime import Runtime
+
+TINY = [
+    "gan.ngf=8",
+    "gan.ndf=8",
+    "gan.z_dim=16",
+    "gan.projection_dim=8",
+    "text.embedding_dim=32",
+    "text.word_embedding_dim=16",
+    "train.batch_size=8",
+    "data.workers=0",
+    "data.loader=torch",
+]
+
+
+@pytest.fixture(scope="module")
+def shapes(tmp_path_factory):
+    folder = generate_synthetic(tmp_path_factory.mktemp("data"), num_images=48, size=64, seed=3)
+    return folder, open_dataset(folder, "train")
+
+
+def _embed(dataset, dim=32):
+    torch.manual_seed(11)
+    return DAMSMSentenceEmbeddings(TextEncoder(len(dataset.vocabulary), embedding_dim=16, hidden_dim=dim))
+
+
+def _loader(dataset, batch_size=8):
+    return make_loader(dataset, batch_size, backend="torch", num_workers=0, last_batch="drop", seed=5)
+
+
+def test_generator_and_style_encoder_shapes():
+    generator = TextConditionedGenerator(24, z_dim=10, projection_dim=6, ngf=4)
+    images = generator(torch.randn(3, 10), torch.randn(3, 24))
+    assert images.shape == (3, 3, 64, 64) and images.abs().max() <= 1
+    images.sum().backward()
+    assert all(p.grad is not None for p in generator.parameters())
+    assert StyleEncoder(z_dim=10, ndf=4)(images.detach()).shape == (3, 10)
+    with pytest.raises(ValueError, match=r"z must be \[B, z_dim=10\], got shape \(3, 9\)"):
+        generator(torch.randn(3, 9), torch.randn(3, 24))
+    with pytest.raises(ValueError, match=r"embedding must be \[B=3, embedding_dim=24\]"):
+        generator(torch.randn(3, 10), torch.randn(2, 24))
+    with pytest.raises(ValueError, match="ngf must be a positive integer"):
+        TextConditionedGenerator(24, ngf=0)
+
+
+@pytest.mark.parametrize("model", ["gan", "gan-cls", "gan-int", "gan-int-cls"])
+def test_steps_lower_the_discriminator_loss_on_a_fixed_batch(shapes, model):
+    _, dataset = shapes
+    config = load_config(overrides=[*TINY, f"model={model}", "train.lr_d=1e-3"])
+    torch.manual_seed(0)
+    task = GANINTCLSTask(config, _embed(dataset), Runtime(torch.device("cpu")))
+    batch = next(iter(_loader(dataset)))
+    losses = [task.train_step(batch) for _ in range(12)]
+    assert ("d_wrong" in losses[0]) == model.endswith("cls")
+    first, last = losses[0]["d_loss"].item(), sum(step["d_loss"].item() for step in losses[-3:]) / 3
+    assert all(math.isfinite(v.item()) for step in losses for v in step.values())
+    assert last < 0.7 * first, (first, last)
+
+
+def _recording(task):
+    seen = []
+    step = task.train_step
+
+    def recorded(batch):
+        losses = step(batch)
+        seen.append({k: v.item() for k, v in losses.items()})
+        return losses
+
+    task.train_step = recorded
+    return seen
+
+
+def _task(dataset):
+    config = load_config(overrides=TINY)
+    torch.manual_seed(0)
+    return GANINTCLSTask(config, _embed(dataset), Runtime(torch.device("cpu")))
+
+
+def test_resume_gives_the_same_next_steps(shapes, tmp_path):
+    _, dataset = shapes  # 38 training images: 4 batches of 8 per epoch, so 6 steps cross an epoch boundary
+    options = {"log_every": 1, "checkpoint_every": 3, "sample_every": 100}
+    runtime = Runtime(torch.device("cpu"))
+
+    torch.manual_seed(1)
+    whole = _task(dataset)
+    whole_losses = _recording(whole)
+    train(whole, _loader(dataset), runtime, out_dir=tmp_path / "whole", steps=6, **options)
+
+    torch.manual_seed(1)
+    first = _task(dataset)
+    train(first, _loader(dataset), runtime, out_dir=tmp_path / "split", steps=3, **options)
+    torch.manual_seed(99)  # whatever happens in between, resume restores every generator
+    second = _task(dataset)
+    second_losses = _recording(second)
+    train(second, _loader(dataset), runtime, out_dir=tmp_path / "split", steps=6, resume=True, **options)
+    assert len(second_losses) == 3
+    assert second_losses == whole_losses[3:]
+    for name, tensor in whole.state_dict()["generator"].items():
+        torch.testing.assert_close(second.state_dict()["generator"][name], tensor, rtol=0, atol=0)
+
+
+def test_a_nan_loss_stops_the_run_and_keeps_what_it_reached(shapes, tmp_path):
+    _, dataset = shapes
+    task = _task(dataset)
+    embed, calls = task.embed, []
+
+    def poisoned(batch, which="right"):
+        calls.append(which)
+        out = embed(batch, which)
+        return out * float("nan") if len(calls) > 8 else out
+
+    task.embed = poisoned
+    runtime = Runtime(torch.device("cpu"))
+    with pytest.raises(
+        TrainingDiverged, match=r"a loss is not finite at step 6 \(d_fake=nan.*checkpoint-000000004\.pt \(resume"
+    ):
+        train(task, _loader(dataset), runtime, out_dir=tmp_path, steps=10, log_every=2, checkpoint_every=4)
+    folder = tmp_path / "checkpoints" / "gan"
+    assert (folder / "diverged-000000006.pt").is_file()
+    assert checkpoint.latest_checkpoint(folder).name == "checkpoint-000000004.pt"  # never a diverged state
+
+
+def _train_command(out, cache, *extra):
+    return [
+        sys.executable, "-m", "t2ifast.train", "--out", str(out), "--steps", "3",
+        *(item for override in TINY for item in ("--set", override)),
+        "--set", f"train.cache_dir={cache}", "--set", "data.synthetic_images=48",
+        "--set", "text.pretrain_steps=3", "--set", "text.pretrain_batch_size=8", "--set", "gan.style_steps=2",
+        "--set", "eval.max_samples=16", "--set", "eval.classifier_steps=5", *extra,
+    ]  # fmt: skip
+
+
+def _run(command, **kwargs):
+    env = {**os.environ, "OMP_NUM_THREADS": "1"}
+    return subprocess.run(command, capture_output=True, text=True, timeout=600, env=env, **kwargs)
+
+
+def test_the_main_job_end_to_end(tmp_path):
+    out, cache = tmp_path / "run", tmp_path / "cache"
+    result = _run(_train_command(out, cache))
+    assert result.returncode == 0, result.stderr[-3000:]
+    for name in ("config.yaml", "vocabulary.json", "text_encoder.safetensors", "generator.safetensors",
+                 "style_encoder.safetensors", "samples.png", "interpolation.png", "style_transfer.png",
+                 "caption_accuracy.png", "caption_accuracy.json"):  # fmt: skip
+        assert (out / name).is_file(), name
+    assert (out / "checkpoints" / "gan" / "checkpoint-000000003.pt").is_file()
+    assert any((out / "tensorboard" / "gan").iterdir())
+
+    sample = _run([sys.executable, "-m", "t2ifast.sample", str(out), "a red circle", "a blue star", "-n", "2",
+                   "--out", str(tmp_path / "s.png")])  # fmt: skip
+    assert sample.returncode == 0, sample.stderr[-2000:]
+    assert (tmp_path / "s.png").is_file()
+    unknown = _run([sys.executable, "-m", "t2ifast.sample", str(out), "zzz qqq", "--out", str(tmp_path / "u.png")])
+    assert unknown.returncode != 0 and "has no word of the model's vocabulary" in unknown.stderr
+    evaluation = _run([sys.executable, "-m", "t2ifast.evaluate", str(out), "--max-samples", "8"])
+    assert evaluation.returncode == 0, evaluation.stderr[-2000:]
+    assert '"caption_accuracy"' in evaluation.stdout
+
+
+def test_bad_configuration_is_a_clear_error(tmp_path):
+    result = _run([sys.executable, "-m", "t2ifast.train", "--out", str(tmp_path), "--set", "gan.ngf=0"])
+    assert result.returncode != 0
+    assert "bad configuration: gan.ngf must be at least 1, got 0" in result.stderr
+
+
+def test_a_killed_run_resumes_from_its_last_checkpoint(tmp_path):
+    out, cache = tmp_path / "run", tmp_path / "cache"
+    command = _train_command(
+        out, cache, "--set", "eval.caption_accuracy=false", "--steps", "400", "--set", "train.checkpoint_every=2"
+    )
+    process = subprocess.Popen(command, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    folder = out / "checkpoints" / "gan"
+    deadline = time.time() + 300
+    while not (folder.is_dir() and len(checkpoint.list_checkpoints(folder)) >= 2) and time.time() < deadline:
+        assert process.poll() is None, "the run ended before it could be killed"
+        time.sleep(0.2)
+    process.send_signal(signal.SIGKILL)
+    process.wait()
+    reached = checkpoint.latest_checkpoint(folder)
+    step = checkpoint.load_checkpoint(reached, restore_rng=False)["step"]  # the newest file is complete
+    assert step < 400
+    resumed = _run([*command[:-4], "--steps", str(step + 2), "--resume"])
+    assert resumed.returncode == 0, resumed.stderr[-3000:]
+    assert f"resumed from {reached} at step {step}" in resumed.stderr
+    assert checkpoint.latest_checkpoint(folder).name == f"checkpoint-{step + 2:09d}.pt"
+
+
+def test_distributed_data_parallel_on_cpu_with_two_processes(tmp_path):
+    out, cache = tmp_path / "run", tmp_path / "cache"
+    command = _train_command(out, cache, "--set", "eval.caption_accuracy=false")
+    torchrun = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node=2"]
+    result = _run([*torchrun, *command[1:]])
+    assert result.returncode == 0, result.stderr[-3000:]
+    assert (out / "generator.safetensors").is_file()
+    state = checkpoint.load_checkpoint(out / "checkpoints" / "gan" / "checkpoint-000000003.pt", restore_rng=False)
+    # rank 0's shard holds 19 of the 38 training images: 2 batches of 8 an epoch, so step 3 is epoch 1, batch 1
+    assert (state["loader"]["epoch"], state["loader"]["batch"]) == (1, 1)
