@@ -8,7 +8,7 @@ import torch
 from t2ifast.models.damsm import DAMSM
 from t2ifast.models.image_encoder import ImageEncoder, InceptionImageEncoder
 from t2ifast.models.text_encoder import TextEncoder
-from t2ifast.training.gan_int_cls import _distributed
+from t2ifast.training.runtime import distributed
 
 
 def build_damsm(config, vocabulary_size):
@@ -41,7 +41,7 @@ class DAMSMTask:
         parameters = [p for p in self.damsm.parameters() if p.requires_grad]
         self.optimizer = torch.optim.Adam(parameters, lr=config.text.pretrain_lr, betas=(0.5, 0.999))
         gammas = {"gamma1": config.text.gamma1, "gamma2": config.text.gamma2, "gamma3": config.text.gamma3}
-        self._losses = _distributed(_Losses(self.damsm, gammas), runtime)
+        self._losses = distributed(_Losses(self.damsm, gammas), runtime)
 
     def train_step(self, batch):
         self.damsm.train()

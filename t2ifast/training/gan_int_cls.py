@@ -14,12 +14,12 @@ import copy
 
 import torch
 from torch import nn
-from torch.nn.parallel import DistributedDataParallel
 from torch.optim.swa_utils import AveragedModel
 
 from t2ifast.models.matching_aware_discriminator import MatchingAwareDiscriminator
 from t2ifast.models.text_conditioned_generator import StyleEncoder, TextConditionedGenerator
 from t2ifast.ops import generator_loss, matching_aware_loss
+from t2ifast.training.runtime import distributed
 from t2ifast.visualize import caption_grid
 
 VARIANTS = {  # model name -> (matching-aware pairs, interpolated text)
@@ -39,12 +39,6 @@ class _PairScorer(nn.Module):
 
     def forward(self, real, fake, right, wrong):
         return self.discriminator.score_pairs(real, fake, right, wrong)
-
-
-def _distributed(module, runtime):
-    if not runtime.distributed:
-        return module
-    return DistributedDataParallel(module, device_ids=[runtime.device.index] if runtime.device.type == "cuda" else None)
 
 
 def build_generator(config, embedding_dim):
@@ -68,8 +62,8 @@ class GANINTCLSTask:
         self._ema_updates = 0
         self.g_optimizer = torch.optim.Adam(self.generator.parameters(), lr=train.lr_g, betas=tuple(train.betas))
         self.d_optimizer = torch.optim.Adam(self.discriminator.parameters(), lr=train.lr_d, betas=tuple(train.betas))
-        self._generate = _distributed(self.generator, runtime)
-        self._score_pairs = _distributed(_PairScorer(self.discriminator), runtime)
+        self._generate = distributed(self.generator, runtime)
+        self._score_pairs = distributed(_PairScorer(self.discriminator), runtime)
         if train.compile:
             self._generate = torch.compile(self._generate)
             self._score_pairs = torch.compile(self._score_pairs)
@@ -182,7 +176,7 @@ class StyleEncoderTask:
         self.generator = copy.deepcopy(generator).eval().requires_grad_(False)
         self.encoder = StyleEncoder(z_dim=config.gan.z_dim, ndf=config.gan.ndf).to(runtime.device)
         self.optimizer = torch.optim.Adam(self.encoder.parameters(), lr=config.train.lr_g, betas=(0.5, 0.999))
-        self._encode = _distributed(self.encoder, runtime)
+        self._encode = distributed(self.encoder, runtime)
 
     def train_step(self, batch):
         embedding = self.embed(batch, "right")

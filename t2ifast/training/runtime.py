@@ -13,6 +13,7 @@ from dataclasses import dataclass
 import numpy as np
 import torch
 import torch.distributed as dist
+from torch.nn.parallel import DistributedDataParallel
 
 
 @dataclass
@@ -71,3 +72,10 @@ def seed_everything(seed, rank=0):
     random.seed(seed)
     np.random.seed(seed % 2**32)  # noqa: NPY002 - the global generator is what user code draws from
     torch.manual_seed(seed)
+
+
+def distributed(module, runtime):
+    """The module wrapped in DistributedDataParallel when the run has several processes, else itself."""
+    if not runtime.distributed:
+        return module
+    return DistributedDataParallel(module, device_ids=[runtime.device.index] if runtime.device.type == "cuda" else None)
