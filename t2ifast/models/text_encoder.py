@@ -82,8 +82,8 @@ class TextEncoder(nn.Module):
         if lengths.shape != (batch,):
             raise ValueError(f"lengths must be [B] = [{batch}], got shape {tuple(lengths.shape)}")
         # one host transfer for every value check (pack_padded_sequence needs the lengths on the CPU anyway)
-        lo, hi = torch.stack([captions.min(), captions.max()]).tolist()
-        host_lengths = lengths.detach().to("cpu", torch.int64)
+        values = torch.cat([torch.stack([captions.min(), captions.max()]), lengths.detach().long()]).cpu()
+        (lo, hi), host_lengths = values[:2].tolist(), values[2:]
         if lo < 0 or hi >= self.vocab_size:
             raise ValueError(f"captions must hold word indices in [0, {self.vocab_size}), got values in [{lo}, {hi}]")
         if int(host_lengths.min()) < 1 or int(host_lengths.max()) > steps:
