@@ -2,7 +2,7 @@
 
 from .damsm import DAMSM
 from .image_encoder import ImageEncoder, InceptionImageEncoder
-from .matching_aware_discriminator import MatchingAwareDiscriminator
+from .matching_aware_discriminator import ImageScores, MatchingAwareDiscriminator, PairScores
 from .sentence_embeddings import (
     DAMSMSentenceEmbeddings,
     MiniLMSentenceEmbeddings,
@@ -16,9 +16,11 @@ __all__ = [
     "DAMSM",
     "DAMSMSentenceEmbeddings",
     "ImageEncoder",
+    "ImageScores",
     "InceptionImageEncoder",
     "MatchingAwareDiscriminator",
     "MiniLMSentenceEmbeddings",
+    "PairScores",
     "PrecomputedSentenceEmbeddings",
     "StyleEncoder",
     "TextConditionedGenerator",

@@ -13,7 +13,7 @@ from pathlib import Path
 
 import yaml
 
-MODELS = ("gan-int-cls", "gan-cls", "gan-int", "gan", "damsm")
+MODELS = ("gan-int-cls", "gan-cls", "gan-int", "gan", "stackgan", "attngan", "damsm")
 TEXT_SOURCES = ("damsm", "precomputed", "minilm")
 WRONG_PAIRS = ("class", "roll")
 LOADERS = ("auto", "dali", "torch")
@@ -70,6 +70,24 @@ class GANConfig:
 
 
 @dataclass
+class StackGANConfig:
+    condition_dim: int = 128  # c, the Conditioning Augmentation sample (StackGAN's ef_dim)
+    kl_weight: float = 2.0
+    residual_blocks: int = 2  # Stage II's residual blocks at 16×16 (4 in the paper)
+    stage2_steps: int = 600  # Stage II (256×256) on the frozen Stage I after its train.steps; 0: Stage I only
+    stage1_generator: str | None = None  # a trained Stage-I generator (.safetensors): skip Stage I
+
+
+@dataclass
+class AttnGANConfig:
+    stages: int = 3  # 1, 2 or 3: images of 64, 128, 256 pixels
+    condition_dim: int = 100
+    residual_blocks: int = 2
+    damsm_weight: float = 5.0  # λ: 5 for birds, 50 for COCO
+    kl_weight: float = 1.0
+
+
+@dataclass
 class TrainConfig:
     out: str = "runs/t2ifast"
     seed: int = 0
@@ -103,6 +121,8 @@ class Config:
     data: DataConfig = field(default_factory=DataConfig)
     text: TextConfig = field(default_factory=TextConfig)
     gan: GANConfig = field(default_factory=GANConfig)
+    stackgan: StackGANConfig = field(default_factory=StackGANConfig)
+    attngan: AttnGANConfig = field(default_factory=AttnGANConfig)
     train: TrainConfig = field(default_factory=TrainConfig)
     eval: EvalConfig = field(default_factory=EvalConfig)
 
@@ -205,7 +225,7 @@ def save_config(config, path):
 
 def _choice(key, value, choices):
     if value not in choices:
-        raise ConfigError(f"{key} must be one of {', '.join(choices)}; got {value!r}")
+        raise ConfigError(f"{key} must be one of {', '.join(map(str, choices))}; got {value!r}")
 
 
 def _at_least(key, value, low):
@@ -247,6 +267,15 @@ def validate(config):
         raise ConfigError(f"gan.smoothing must be in [0, 1), got {gan.smoothing!r}")
     _within("gan.ema_decay", gan.ema_decay, 0.0, 1.0)
     _at_least("gan.style_steps", gan.style_steps, 0)
+    stackgan, attngan = config.stackgan, config.attngan
+    for key in ("condition_dim", "residual_blocks"):
+        _at_least(f"stackgan.{key}", getattr(stackgan, key), 1)
+        _at_least(f"attngan.{key}", getattr(attngan, key), 1)
+    _at_least("stackgan.stage2_steps", stackgan.stage2_steps, 0)
+    _choice("attngan.stages", attngan.stages, (1, 2, 3))
+    for key in ("stackgan.kl_weight", "attngan.kl_weight", "attngan.damsm_weight"):
+        section, name = key.split(".")
+        _at_least(key, getattr(getattr(config, section), name), 0.0)
     _at_least("train.batch_size", train.batch_size, 2)
     _at_least("train.steps", train.steps, 1)
     _at_least("train.epochs", train.epochs, 0)

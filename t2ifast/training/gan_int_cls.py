@@ -14,11 +14,11 @@ import copy
 
 import torch
 from torch import nn
-from torch.optim.swa_utils import AveragedModel
 
 from t2ifast.models.matching_aware_discriminator import MatchingAwareDiscriminator
 from t2ifast.models.text_conditioned_generator import StyleEncoder, TextConditionedGenerator
 from t2ifast.ops import generator_loss, matching_aware_loss
+from t2ifast.training.ema import GeneratorEMA
 from t2ifast.training.runtime import distributed
 from t2ifast.visualize import caption_grid
 
@@ -58,8 +58,7 @@ class GANINTCLSTask:
         device = runtime.device
         self.generator = build_generator(config, embed.embedding_dim).to(device)
         self.discriminator = MatchingAwareDiscriminator(embed.embedding_dim, gan.projection_dim, gan.ndf).to(device)
-        self.ema = AveragedModel(self.generator, multi_avg_fn=self._ema_average, use_buffers=True)
-        self._ema_updates = 0
+        self.ema = GeneratorEMA(self.generator, gan.ema_decay)
         self.g_optimizer = torch.optim.Adam(self.generator.parameters(), lr=train.lr_g, betas=tuple(train.betas))
         self.d_optimizer = torch.optim.Adam(self.discriminator.parameters(), lr=train.lr_d, betas=tuple(train.betas))
         self._generate = distributed(self.generator, runtime)
@@ -92,8 +91,9 @@ class GANINTCLSTask:
 
         # discriminator: (real, right) -> 1, (real, wrong) -> 0, (fake, right) -> 0
         with self.runtime.autocast():
-            s_real, s_wrong, s_fake = self._score_pairs(real, fakes[: len(real)].detach(), right, wrong)
-        d = matching_aware_loss(s_real.float(), s_wrong.float(), s_fake.float(), smoothing=self.config.gan.smoothing)
+            scores = self._score_pairs(real, fakes[: len(real)].detach(), right, wrong)
+        smoothing = self.config.gan.smoothing
+        d = matching_aware_loss(scores.real.float(), scores.wrong.float(), scores.fake.float(), smoothing=smoothing)
         self.d_optimizer.zero_grad(set_to_none=True)
         d.loss.backward()
         self.d_optimizer.step()
@@ -110,22 +110,11 @@ class GANINTCLSTask:
             self.g_optimizer.step()
         finally:
             self.discriminator.requires_grad_(True)
-        self.ema.update_parameters(self.generator)
-        self._ema_updates += 1
+        self.ema.update(self.generator)
         losses = {"d_loss": d.loss, "d_real": d.real, "d_fake": d.fake, "g_loss": g_loss}
         if self.matching_aware:
             losses["d_wrong"] = d.wrong
         return losses
-
-    def _ema_average(self, averaged, current, num_averaged):
-        """EMA with a warm-up: the decay grows as (1 + n) / (10 + n) up to gan.ema_decay, so that the average of
-        a short run is not stuck near its random start (counted on the host: no sync)."""
-        n = self._ema_updates
-        decay = min(self.config.gan.ema_decay, (1 + n) / (10 + n))
-        if averaged[0].is_floating_point():  # AveragedModel groups tensors by dtype
-            torch._foreach_lerp_(averaged, current, 1 - decay)
-        else:  # BatchNorm's num_batches_tracked: counted, not averaged
-            torch._foreach_copy_(averaged, current)
 
     @property
     def sampler(self):
@@ -145,7 +134,6 @@ class GANINTCLSTask:
         self.generator.load_state_dict(state["generator"])
         self.discriminator.load_state_dict(state["discriminator"])
         self.ema.load_state_dict(state["ema"])
-        self._ema_updates = int(self.ema.n_averaged)
         self.g_optimizer.load_state_dict(state["g_optimizer"])
         self.d_optimizer.load_state_dict(state["d_optimizer"])
 
