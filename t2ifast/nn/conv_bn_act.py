@@ -4,7 +4,8 @@ The layers keep torch's own modules as children, under the names an ``nn.Sequent
 give: ``DeconvBNAct`` holds ``0`` (nn.ConvTranspose2d) and ``1`` (nn.BatchNorm2d), so its state_dict is
 that of ``nn.Sequential(nn.ConvTranspose2d(...), nn.BatchNorm2d(...), nn.ReLU())`` and checkpoints load
 both ways unchanged; ``UpBlock`` holds AttnGAN's ``upBlock`` children ``0`` (nn.Upsample), ``1`` (nn.Conv2d
-3x3), ``2`` (nn.BatchNorm2d), ``3`` (nn.GLU). Only the forward differs: it runs the fused op.
+3x3), ``2`` (nn.BatchNorm2d), ``3`` (nn.GLU; nn.ReLU or nn.LeakyReLU for StackGAN's). Only the forward
+differs: it runs the fused op.
 """
 
 from torch import nn
@@ -168,19 +169,47 @@ class DeconvBNAct(nn.Module):
 
 
 class UpBlock(nn.Module):
-    """AttnGAN's up-block: nearest x2 upsample -> 3x3 conv (no bias) to 2 * out_channels -> BatchNorm2d -> GLU.
+    """An up-block: nearest x2 upsample -> 3x3 conv (no bias) -> BatchNorm2d -> activation.
 
-    Children and state_dict as AttnGAN's ``upBlock`` (nn.Sequential(Upsample, conv3x3, BatchNorm2d, GLU)).
+    With ``act="glu"`` (AttnGAN's ``upBlock``) the conv gives 2 * out_channels and GLU halves them; with
+    ``act="relu"`` or ``"leaky_relu"`` (StackGAN's ``upBlock``, with ``negative_slope``) it gives out_channels.
+    Children and state_dict as ``nn.Sequential(Upsample, conv3x3, BatchNorm2d, activation)``: ``0``..``3``.
     """
 
-    def __init__(self, in_channels, out_channels, *, eps=1e-5, momentum=0.1, device=None, dtype=None):
+    _ACTIVATIONS = ("glu", "relu", "leaky_relu")
+
+    def __init__(
+        self,
+        in_channels,
+        out_channels,
+        *,
+        act="glu",
+        negative_slope=0.2,
+        eps=1e-5,
+        momentum=0.1,
+        device=None,
+        dtype=None,
+    ):
         super().__init__()
+        if act not in self._ACTIVATIONS:
+            raise ValueError(f"act must be one of {', '.join(map(repr, self._ACTIVATIONS))}; got {act!r}")
         factory = {"device": device, "dtype": dtype}
+        conv_channels = 2 * out_channels if act == "glu" else out_channels
+        if act == "glu":
+            activation = nn.GLU(dim=1)
+        elif act == "relu":
+            activation = nn.ReLU(inplace=True)
+        else:
+            activation = nn.LeakyReLU(negative_slope, inplace=True)
         self.add_module("0", nn.Upsample(scale_factor=2, mode="nearest"))
-        self.add_module("1", nn.Conv2d(in_channels, 2 * out_channels, 3, 1, 1, bias=False, **factory))
-        self.add_module("2", nn.BatchNorm2d(2 * out_channels, eps, momentum, **factory))
-        self.add_module("3", nn.GLU(dim=1))
+        self.add_module("1", nn.Conv2d(in_channels, conv_channels, 3, 1, 1, bias=False, **factory))
+        self.add_module("2", nn.BatchNorm2d(conv_channels, eps, momentum, **factory))
+        self.add_module("3", activation)
+        self.act, self.negative_slope = activation_of(activation)
 
     def forward(self, x):
         upsample, conv, bn, _ = self._modules.values()
-        return upsample_conv_bn_act_forward(x, upsample, conv, bn, "glu", 0.0)
+        return upsample_conv_bn_act_forward(x, upsample, conv, bn, self.act, self.negative_slope)
+
+    def extra_repr(self):
+        return f"act={self.act!r}" + (f", negative_slope={self.negative_slope}" if self.act == "leaky_relu" else "")

@@ -30,7 +30,7 @@ VARIANTS = {  # model name -> (matching-aware pairs, interpolated text)
 }
 
 
-class _PairScorer(nn.Module):
+class PairScorer(nn.Module):
     """score_pairs as a forward, so that DistributedDataParallel sees the discriminator step."""
 
     def __init__(self, discriminator):
@@ -39,6 +39,14 @@ class _PairScorer(nn.Module):
 
     def forward(self, real, fake, right, wrong):
         return self.discriminator.score_pairs(real, fake, right, wrong)
+
+
+def wrong_embeddings(embed, batch, right, wrong_pairs):
+    """The mismatched ("wrong") sentence embeddings of a batch whose matching ones are `right`: with
+    gan.wrong_pairs "roll" `right` rolled by one sample, else those of the batch's wrong captions."""
+    if wrong_pairs == "roll":
+        return right.roll(1, dims=0)
+    return embed(batch, "wrong")
 
 
 def build_generator(config, embedding_dim):
@@ -62,7 +70,7 @@ class GANINTCLSTask:
         self.g_optimizer = torch.optim.Adam(self.generator.parameters(), lr=train.lr_g, betas=tuple(train.betas))
         self.d_optimizer = torch.optim.Adam(self.discriminator.parameters(), lr=train.lr_d, betas=tuple(train.betas))
         self._generate = distributed(self.generator, runtime)
-        self._score_pairs = distributed(_PairScorer(self.discriminator), runtime)
+        self._score_pairs = distributed(PairScorer(self.discriminator), runtime)
         if train.compile:
             self._generate = torch.compile(self._generate)
             self._score_pairs = torch.compile(self._score_pairs)
@@ -74,9 +82,7 @@ class GANINTCLSTask:
         right = self.embed(batch, "right")
         if not self.matching_aware:
             return right, None
-        if self.config.gan.wrong_pairs == "roll":
-            return right, right.roll(1, dims=0)
-        return right, self.embed(batch, "wrong")
+        return right, wrong_embeddings(self.embed, batch, right, self.config.gan.wrong_pairs)
 
     def train_step(self, batch):
         real = batch.images[64]

@@ -1,0 +1,170 @@
+"""Training StackGAN, one stage at a time: Stage I at 64×64, then Stage II at 256×256 on the frozen Stage I.
+
+One step, with B real images and their captions' embeddings t ("right") and mismatched ones t̂ ("wrong"):
+1. the generator draws B fakes and its Conditioning Augmentation's (μ, log σ²) from t (Stage II from the
+   frozen Stage-I generator's 64×64 images of the same z and t);
+2. the discriminator scores (real, μ) → 1, (real, μ̂) → 0 and (fake, μ) → 0 with the fused matching-aware
+   loss; as in the authors' code D is conditioned on the CA mean μ, detached (μ̂: the CA mean of t̂);
+3. the generator minimises −log D(fake, μ) + kl_weight · KL(N(μ, σ²) ‖ N(0, I)), D frozen.
+An exponential moving average of G's weights is kept and used for every sample.
+"""
+
+import copy
+
+import torch
+
+from t2ifast.models.conditioning_augmentation import kl_loss
+from t2ifast.models.matching_aware_discriminator import MatchingAwareDiscriminator
+from t2ifast.models.stackgan import StackGAN, StackGANStage1Generator, StackGANStage2Generator
+from t2ifast.ops import generator_loss, matching_aware_loss
+from t2ifast.training.ema import GeneratorEMA
+from t2ifast.training.gan_int_cls import PairScorer, wrong_embeddings
+from t2ifast.training.runtime import distributed
+from t2ifast.visualize import caption_grid
+
+IMAGE_SIZES = {1: 64, 2: 256}
+
+
+def build_stage1_generator(config, embedding_dim):
+    gan, stackgan = config.gan, config.stackgan
+    return StackGANStage1Generator(embedding_dim, z_dim=gan.z_dim, condition_dim=stackgan.condition_dim, ngf=gan.ngf)
+
+
+def build_stage2_generator(config, embedding_dim):
+    stackgan = config.stackgan
+    return StackGANStage2Generator(
+        embedding_dim,
+        condition_dim=stackgan.condition_dim,
+        ngf=config.gan.ngf,
+        residual_blocks=stackgan.residual_blocks,
+    )
+
+
+class StackGANTask:
+    """The StackGAN step of one stage on sentence embeddings `embed`.
+
+    Args:
+        config: the run's Config (its gan and stackgan sections).
+        embed: embed(batch, "right" | "wrong") -> sentence embeddings [B, embed.embedding_dim].
+        runtime: the Runtime (device, DDP, autocast).
+        stage: 1 (64×64) or 2 (256×256).
+        stage1_generator: Stage II only: the trained Stage-I generator (e.g. Stage I's EMA sampler); a frozen
+            copy in eval mode is kept and saved with the task's state.
+        preview_batch, preview_captions: a fixed batch and its captions for preview().
+    """
+
+    def __init__(
+        self, config, embed, runtime, *, stage, stage1_generator=None, preview_batch=None, preview_captions=()
+    ):
+        if stage not in IMAGE_SIZES:
+            raise ValueError(f"stage must be 1 or 2, got {stage!r}")
+        if (stage == 2) != (stage1_generator is not None):
+            raise ValueError("stage1_generator must be given for stage 2, and only for stage 2")
+        self.config, self.embed, self.runtime, self.stage = config, embed, runtime, stage
+        self.name = f"stackgan-stage{stage}"
+        self.image_size = IMAGE_SIZES[stage]
+        gan, train = config.gan, config.train
+        device = runtime.device
+        build = build_stage1_generator if stage == 1 else build_stage2_generator
+        self.generator = build(config, embed.embedding_dim).to(device)
+        self.stage1 = None
+        if stage == 2:
+            self.stage1 = copy.deepcopy(stage1_generator).to(device).eval().requires_grad_(False)
+        self.discriminator = MatchingAwareDiscriminator(
+            config.stackgan.condition_dim, gan.projection_dim, gan.ndf, image_size=self.image_size
+        ).to(device)
+        self.ema = GeneratorEMA(self.generator, gan.ema_decay)
+        self.g_optimizer = torch.optim.Adam(self.generator.parameters(), lr=train.lr_g, betas=tuple(train.betas))
+        self.d_optimizer = torch.optim.Adam(self.discriminator.parameters(), lr=train.lr_d, betas=tuple(train.betas))
+        self._generate = distributed(self.generator, runtime)
+        self._score_pairs = distributed(PairScorer(self.discriminator), runtime)
+        if train.compile:
+            self._generate = torch.compile(self._generate)
+            self._score_pairs = torch.compile(self._score_pairs)
+        self.preview_batch, self.preview_captions = preview_batch, list(preview_captions)
+        self._preview_z = None if preview_batch is None else torch.randn(len(preview_batch), gan.z_dim, device=device)
+
+    def _stage1_images(self, z, embedding):
+        with torch.no_grad():
+            return self.stage1(z, embedding).image
+
+    def train_step(self, batch):
+        real = batch.images[self.image_size]
+        right = self.embed(batch, "right")
+        wrong = wrong_embeddings(self.embed, batch, right, self.config.gan.wrong_pairs)
+        z = torch.randn(len(right), self.config.gan.z_dim, device=real.device)
+        with self.runtime.autocast():
+            source = z if self.stage == 1 else self._stage1_images(z, right)
+            fake, mu, logvar = self._generate(source, right)
+        with torch.no_grad():  # the wrong text's condition: the CA mean, as D sees the right text's
+            mu_wrong = self.generator.ca_net(wrong, sample=False)[1]
+
+        # discriminator: (real, μ) -> 1, (real, μ̂) -> 0, (fake, μ) -> 0
+        condition = mu.detach()
+        with self.runtime.autocast():
+            scores = self._score_pairs(real, fake.detach(), condition, mu_wrong)
+        smoothing = self.config.gan.smoothing
+        d = matching_aware_loss(scores.real.float(), scores.wrong.float(), scores.fake.float(), smoothing=smoothing)
+        self.d_optimizer.zero_grad(set_to_none=True)
+        d.loss.backward()
+        self.d_optimizer.step()
+
+        # generator: −log D(fake, μ) + kl_weight · KL, scored by the updated D with its parameters frozen (and
+        # outside DDP: it has no gradients to share)
+        self.discriminator.requires_grad_(False)
+        try:
+            with self.runtime.autocast():
+                s_generated = self.discriminator(fake, condition)
+            g_loss = generator_loss(s_generated.float())
+            kl = kl_loss(mu.float(), logvar.float())
+            self.g_optimizer.zero_grad(set_to_none=True)
+            (g_loss + self.config.stackgan.kl_weight * kl).backward()
+            self.g_optimizer.step()
+        finally:
+            self.discriminator.requires_grad_(True)
+        self.ema.update(self.generator)
+        return {"d_loss": d.loss, "d_real": d.real, "d_wrong": d.wrong, "d_fake": d.fake, "g_loss": g_loss, "kl": kl}
+
+    @property
+    def sampler(self):
+        """The EMA generator as (z, embedding) -> StackGANOutput; at stage 2 behind the frozen Stage I."""
+        if self.stage == 1:
+            return self.ema.module
+        return StackGAN(self.stage1, self.ema.module)
+
+    def state_dict(self):
+        state = {
+            "generator": self.generator.state_dict(),
+            "discriminator": self.discriminator.state_dict(),
+            "ema": self.ema.state_dict(),
+            "g_optimizer": self.g_optimizer.state_dict(),
+            "d_optimizer": self.d_optimizer.state_dict(),
+        }
+        if self.stage1 is not None:
+            state["stage1_generator"] = self.stage1.state_dict()
+        return state
+
+    def load_state_dict(self, state):
+        self.generator.load_state_dict(state["generator"])
+        self.discriminator.load_state_dict(state["discriminator"])
+        self.ema.load_state_dict(state["ema"])
+        self.g_optimizer.load_state_dict(state["g_optimizer"])
+        self.d_optimizer.load_state_dict(state["d_optimizer"])
+        if self.stage1 is not None:
+            self.stage1.load_state_dict(state["stage1_generator"])
+
+    @torch.no_grad()
+    def preview(self):
+        if self.preview_batch is None:
+            return None
+        return caption_grid(self.sample(self.preview_batch, self._preview_z).float().cpu(), self.preview_captions)
+
+    @torch.no_grad()
+    def sample(self, batch, z=None):
+        """Images [B, 3, S, S] of the EMA generator (S = 64 or 256) for a batch's captions."""
+        embedding = self.embed(batch, "right")
+        if z is None:
+            z = torch.randn(len(embedding), self.config.gan.z_dim, device=embedding.device)
+        sampler = self.sampler
+        sampler.eval()
+        return sampler(z, embedding).image
