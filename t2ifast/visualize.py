@@ -1,9 +1,11 @@
 """Pictures to look at rather than numbers to read: captioned sample grids, labelled grids (interpolations, style
-transfer) and accuracy bar charts. Pillow only; images are float tensors in [-1, 1] as the models produce them.
+transfer), accuracy bar charts and AttnGAN's word attention maps. Pillow only; images are float tensors in [-1, 1]
+as the models produce them.
 
     caption_grid(fake, captions, columns=8, path="samples.png")
     image_grid(fake, rows=4, columns=9, row_labels=pairs, column_labels=[f"{t:.2f}" for t in steps], path="interp.png")
     accuracy_figure(result.as_dict(), title="caption accuracy", reference=ceiling.as_dict(), path="accuracy.png")
+    attention_grid(images, attention, ["a red bird", "a small blue bird"], path="attention.png")  # AttnGAN's maps
 
 Every `path=` write is atomic (temp file + os.replace), so a reader never sees half a PNG.
 """
@@ -16,6 +18,7 @@ from pathlib import Path
 
 import numpy as np
 import torch
+import torch.nn.functional as F
 from PIL import Image, ImageDraw, ImageFont
 
 BACKGROUND = (255, 255, 255)
@@ -234,6 +237,63 @@ def image_grid(
         for c in range(columns):
             canvas.paste(tiles[r * columns + c], (GAP + label_w + c * (tile_w + GAP), y + (row_h[r] - tile_h) // 2))
         y += row_h[r] + GAP
+    if path is not None:
+        save_png(canvas, path)
+    return canvas
+
+
+def heat_colours(values):
+    """A blue -> cyan -> yellow -> red colour map (jet-like) of values in [0, 1]: float array [..., 3] in [0, 1]."""
+    values = np.clip(np.asarray(values, dtype=np.float32), 0.0, 1.0)[..., None]
+    centres = np.array([3.0, 2.0, 1.0], dtype=np.float32)  # red, green, blue peak at 3/4, 1/2, 1/4
+    return np.clip(1.5 - np.abs(4.0 * values - centres), 0.0, 1.0)
+
+
+def attention_grid(images, attention, captions_words, *, path=None, max_words=18, scale=1, alpha=0.6, font_size=11):
+    """AttnGAN's word-by-word attention maps: per sample a row holding the image, then for each word the image
+    overlaid with that word's attention map as a heat map, the word written under it. Returns the PIL image.
+
+    images: [N, 3, H, W] in [-1, 1]; attention: [N, T, h, w] (each region's weights over the words, e.g. the
+    generator's last-stage attention), upsampled bilinearly to the image size; captions_words: N captions, each a
+    string (split on whitespace) or a sequence of words, word t being attention[:, t]. At most
+    min(T, max_words) words are shown per row. The maps of a row share one normalisation (the row's smallest
+    weight -> blue, its largest -> red), so they compare across words, as AttnGAN's pictures do. Images are
+    scaled `scale`× (nearest neighbour); `alpha` is the heat map's opacity over the image."""
+    tiles = _tiles(images, scale)
+    attention = torch.as_tensor(attention).detach().float().cpu()
+    if attention.ndim != 4 or attention.shape[0] != len(tiles):
+        raise ValueError(f"attention must be [N={len(tiles)}, T, h, w], got {tuple(attention.shape)}")
+    if len(captions_words) != len(tiles):
+        raise ValueError(f"{len(tiles)} images but {len(captions_words)} captions")
+    if max_words < 1:
+        raise ValueError(f"max_words must be positive, got {max_words}")
+    if not 0.0 <= alpha <= 1.0:
+        raise ValueError(f"alpha must be in [0, 1], got {alpha}")
+    limit = min(attention.shape[1], max_words)
+    words = [(c.split() if isinstance(c, str) else [str(w) for w in c])[:limit] for c in captions_words]
+    columns = 1 + max(len(w) for w in words)
+    tile_w, tile_h = tiles[0].size
+    maps = F.interpolate(attention[:, :limit], size=(tile_h, tile_w), mode="bilinear", align_corners=False).numpy()
+    text_font = font(font_size)
+    labels = [[wrap(word, text_font, tile_w) for word in row] for row in words]
+    band = max([1] + [len(lines) for row in labels for lines in row])
+    row_h = tile_h + PAD + band * line_height(text_font) + PAD
+    canvas = Image.new("RGB", (GAP + columns * (tile_w + GAP), GAP + len(tiles) * (row_h + GAP)), BACKGROUND)
+    draw = ImageDraw.Draw(canvas)
+    for n, (tile, row_words) in enumerate(zip(tiles, words, strict=True)):
+        y = GAP + n * (row_h + GAP)
+        canvas.paste(tile, (GAP, y))
+        if not row_words:
+            continue
+        row_maps = maps[n, : len(row_words)]
+        low, high = float(row_maps.min()), float(row_maps.max())
+        row_maps = (row_maps - low) / (high - low) if high > low else np.zeros_like(row_maps)
+        base = np.asarray(tile, dtype=np.float32) / 255.0
+        for t, lines in enumerate(labels[n]):
+            blended = (1 - alpha) * base + alpha * heat_colours(row_maps[t])
+            x = GAP + (t + 1) * (tile_w + GAP)
+            canvas.paste(Image.fromarray((blended * 255).round().astype(np.uint8), "RGB"), (x, y))
+            _draw_lines(draw, lines, text_font, x, y + tile_h + PAD, tile_w)
     if path is not None:
         save_png(canvas, path)
     return canvas
