@@ -2,9 +2,11 @@
 
 On the synthetic set: the caption accuracy — an attribute classifier trained on the set's real images (cached)
 predicts the shape, colour, size, position and background of images generated from held-out captions; the
-same classifier on the real held-out images gives the ceiling. With an Inception weights file: IS and FID.
+same classifier on the real held-out images gives the ceiling. With --r-precision: AttnGAN's R-precision with
+the run's DAMSM text and image encoders (t2ifast.evaluation.r_precision). With an Inception weights file: IS and FID.
 
     python -m t2ifast.evaluate runs/t2ifast                      # caption accuracy (synthetic set runs)
+    python -m t2ifast.evaluate runs/t2ifast --r-precision --r-images 30000 --r-splits 10 --seed 0
     python -m t2ifast.evaluate runs/t2ifast --inception-weights pt_inception-2015-12-05.pth
 """
 
@@ -16,8 +18,13 @@ from pathlib import Path
 import torch
 
 from t2ifast.data import generate_synthetic, load_attributes, make_loader, open_dataset
-from t2ifast.evaluation import caption_accuracy, caption_accuracy_of_real_images, load_or_train_attribute_classifier
-from t2ifast.training.artifacts import load_run
+from t2ifast.evaluation import (
+    caption_accuracy,
+    caption_accuracy_of_real_images,
+    evaluate_r_precision,
+    load_or_train_attribute_classifier,
+)
+from t2ifast.training.artifacts import load_damsm_encoders, load_run
 from t2ifast.visualize import accuracy_figure
 
 
@@ -50,9 +57,24 @@ def main(argv=None):
     parser.add_argument("--inception-weights", help="Inception-v3 weights file for IS and FID (never downloaded)")
     parser.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
     parser.add_argument("--seed", type=int, default=0)
+    r_precision = parser.add_argument_group("R-precision (AttnGAN's protocol, with the run's DAMSM encoders)")
+    r_precision.add_argument("--r-precision", action="store_true", help="compute R-precision on held-out captions")
+    r_precision.add_argument("--r-images", type=int, default=30000, help="images generated (30000 in the paper)")
+    r_precision.add_argument("--r-splits", type=int, default=10, help="splits for the mean and std (10)")
+    r_precision.add_argument("--r-candidates", type=int, default=100, help="captions ranked per image (100)")
+    r_precision.add_argument("--r-k", type=int, default=1, help="a hit when the true caption is in the top k (1)")
     args = parser.parse_args(argv)
     if args.max_samples < 1:
         parser.error("--max-samples must be at least 1")
+    for name in ("r_images", "r_splits", "r_k"):
+        if getattr(args, name) < 1:
+            parser.error(f"--{name.replace('_', '-')} must be at least 1")
+    if args.r_candidates < 2:
+        parser.error("--r-candidates must be at least 2")
+    if args.r_splits > args.r_images:
+        parser.error("--r-splits must be at most --r-images")
+    if args.r_k > args.r_candidates:
+        parser.error("--r-k must be at most --r-candidates")
     try:
         report = evaluate(args)
     except (FileNotFoundError, ValueError, ImportError) as error:
@@ -86,6 +108,13 @@ def evaluate(args):
             reference={k: v for k, v in ceiling.items() if isinstance(v, float)},
             path=Path(args.run) / "caption_accuracy.png",
         )
+    if args.r_precision:
+        text_encoder, image_encoder = load_damsm_encoders(args.run, args.device)
+        result = evaluate_r_precision(
+            generate, text_encoder, image_encoder, held_out, num_images=args.r_images, candidates=args.r_candidates,
+            k=args.r_k, splits=args.r_splits, seed=args.seed, device=args.device, max_words=config.data.max_words,
+        )  # fmt: skip
+        report["r_precision"] = result.as_dict()
     if args.inception_weights:
         from t2ifast.evaluation.inception_metrics import frechet_inception_distance, inception_score
 

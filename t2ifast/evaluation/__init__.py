@@ -1,9 +1,10 @@
-"""Evaluation: the synthetic set's attribute classifier and caption accuracy; Inception Score and FID from a
-user-provided Inception weights file (t2ifast.evaluation.inception_metrics, imported on use: it needs the `eval`
-extra).
+"""Evaluation: the synthetic set's attribute classifier and caption accuracy; R-precision with the DAMSM encoders
+(AttnGAN's protocol, t2ifast.evaluation.r_precision); Inception Score and FID from a user-provided Inception
+weights file (t2ifast.evaluation.inception_metrics, imported on use: it needs the `eval` extra).
 
     classifier, report = load_or_train_attribute_classifier(folder, "~/.cache/t2ifast/classifiers")
     result = caption_accuracy(generate, open_dataset(folder, "test"), load_attributes(folder), classifier)
+    r = evaluate_r_precision(generate, text_encoder, image_encoder, open_dataset(folder, "test"), num_images=3000)
 """
 
 from t2ifast.evaluation.attribute_classifier import (
@@ -17,19 +18,24 @@ from t2ifast.evaluation.attribute_classifier import (
     train_attribute_classifier,
 )
 from t2ifast.evaluation.caption_accuracy import CaptionAccuracy, caption_accuracy, caption_accuracy_of_real_images
+from t2ifast.evaluation.r_precision import RPrecision, draw_negatives, evaluate_r_precision, r_precision
 
 __all__ = [
     "CLASSIFIER_VERSION",
     "AttributeClassifier",
     "CaptionAccuracy",
     "ClassifierReport",
+    "RPrecision",
     "caption_accuracy",
     "caption_accuracy_of_real_images",
     "chance_accuracy",
+    "draw_negatives",
+    "evaluate_r_precision",
     "frechet_inception_distance",
     "inception_score",
     "load_attribute_classifier",
     "load_or_train_attribute_classifier",
+    "r_precision",
     "save_attribute_classifier",
     "train_attribute_classifier",
 ]

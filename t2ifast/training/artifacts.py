@@ -4,6 +4,7 @@ A run folder holds, beside its checkpoints:
     config.yaml                 the resolved configuration
     vocabulary.json             the caption vocabulary (index -> word)
     text_encoder.safetensors    the DAMSM text encoder (text.source = damsm)
+    image_encoder.safetensors   the DAMSM image encoder pretrained with it (for R-precision; when saved)
     generator.safetensors       the EMA generator
     style_encoder.safetensors   the style encoder S (when trained)
 Weights are safetensors files written atomically: reading them never runs code.
@@ -11,6 +12,7 @@ Weights are safetensors files written atomically: reading them never runs code.
 
 import json
 import os
+import shutil
 import tempfile
 from dataclasses import dataclass
 from pathlib import Path
@@ -20,13 +22,15 @@ import torch
 from safetensors.torch import load_file, save_file
 
 from t2ifast.data import PAD_INDEX, Vocabulary, tokenize
+from t2ifast.models.image_encoder import ImageEncoder, InceptionImageEncoder
 from t2ifast.models.sentence_embeddings import DAMSMSentenceEmbeddings, MiniLMSentenceEmbeddings
 from t2ifast.models.text_conditioned_generator import StyleEncoder
 from t2ifast.models.text_encoder import TextEncoder
 from t2ifast.training.config import ConfigError, load_config
 
-TEXT_ENCODER, GENERATOR, STYLE_ENCODER, VOCABULARY = (
+TEXT_ENCODER, IMAGE_ENCODER, GENERATOR, STYLE_ENCODER, VOCABULARY = (
     "text_encoder.safetensors",
+    "image_encoder.safetensors",
     "generator.safetensors",
     "style_encoder.safetensors",
     "vocabulary.json",
@@ -67,6 +71,65 @@ def load_vocabulary(path):
 def build_text_encoder(config, vocabulary_size):
     text = config.text
     return TextEncoder(vocabulary_size, embedding_dim=text.word_embedding_dim, hidden_dim=text.embedding_dim)
+
+
+def build_image_encoder(config):
+    """The DAMSM image encoder of `config` (as t2ifast.training.damsm.build_damsm builds it), untrained; with
+    text.inception_weights the Inception-v3 trunk is read from that file."""
+    text = config.text
+    if text.inception_weights:
+        return InceptionImageEncoder(text.inception_weights, embedding_dim=text.embedding_dim)
+    return ImageEncoder(embedding_dim=text.embedding_dim, width=text.image_encoder_width)
+
+
+def save_damsm_encoders(damsm, folder):
+    """A pretrained DAMSM's text and image encoders as folder/text_encoder.safetensors and
+    folder/image_encoder.safetensors."""
+    save_weights(damsm.text_encoder, Path(folder) / TEXT_ENCODER)
+    save_weights(damsm.image_encoder, Path(folder) / IMAGE_ENCODER)
+
+
+def copy_image_encoder(text_encoder_path, folder):
+    """Copy the image encoder saved beside a text encoder file (its folder's image_encoder.safetensors) into
+    `folder`, atomically. Returns the path written, or None when there is none beside it (the text encoder was
+    then pretrained before image encoders were saved, or given without one)."""
+    source = Path(text_encoder_path).expanduser().with_name(IMAGE_ENCODER)
+    target = Path(folder) / IMAGE_ENCODER
+    if not source.is_file():
+        return None
+    if source.resolve() == target.resolve():
+        return target
+    target.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(prefix=f".{target.name}.", suffix=".tmp", dir=target.parent)
+    os.close(fd)
+    try:
+        shutil.copyfile(source, tmp)
+        os.replace(tmp, target)
+    except BaseException:
+        Path(tmp).unlink(missing_ok=True)
+        raise
+    return target
+
+
+def load_damsm_encoders(run_dir, device="cpu"):
+    """(text_encoder, image_encoder): the DAMSM encoders a run folder holds, in eval mode on `device`.
+
+    Raises FileNotFoundError naming the missing file: R-precision needs both."""
+    run_dir = Path(run_dir)
+    if not (run_dir / "config.yaml").is_file():
+        raise FileNotFoundError(f"{run_dir} is not a t2ifast run folder (no config.yaml)")
+    config = load_config(run_dir / "config.yaml")
+    for name in (TEXT_ENCODER, IMAGE_ENCODER):
+        if not (run_dir / name).is_file():
+            raise FileNotFoundError(
+                f"{run_dir / name} does not exist: R-precision needs the DAMSM text and image encoders the run was "
+                "trained with (runs whose DAMSM was pretrained before image encoders were saved have none; "
+                f"pretrain again, or put the DAMSM's {IMAGE_ENCODER} there)"
+            )
+    vocabulary = load_vocabulary(run_dir / VOCABULARY)
+    text_encoder = load_weights(build_text_encoder(config, len(vocabulary)), run_dir / TEXT_ENCODER)
+    image_encoder = load_weights(build_image_encoder(config), run_dir / IMAGE_ENCODER)
+    return text_encoder.to(device).eval(), image_encoder.to(device).eval()
 
 
 def encode_captions(captions, vocabulary, max_words, device):
