@@ -49,12 +49,16 @@ def check_images(images):
 
 
 def resize_images(images, size):
-    """Bilinear resize of square images to size × size (antialiased when shrinking); unchanged if already so."""
+    """Bilinear resize of square images to size × size (antialiased when shrinking); unchanged if already so.
+    Float16 / bfloat16 images (a generator's under autocast) are resized in float32, returned in their dtype:
+    antialiased resizing has no reduced-precision CPU kernel."""
     if images.shape[-1] == size:
         return images
-    return F.interpolate(
-        images, size=(size, size), mode="bilinear", align_corners=False, antialias=images.shape[-1] > size
+    compute = torch.float32 if images.dtype in (torch.float16, torch.bfloat16) else images.dtype
+    resized = F.interpolate(
+        images.to(compute), size=(size, size), mode="bilinear", align_corners=False, antialias=images.shape[-1] > size
     )
+    return resized.to(images.dtype)
 
 
 def _down(c_in, c_out):

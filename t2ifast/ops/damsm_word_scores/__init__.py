@@ -10,7 +10,7 @@ captions in Python); backward recomputes the attention instead of keeping M x B 
 
 import torch
 
-from t2ifast import _backend
+from t2ifast import _autocast, _backend
 from t2ifast._validation import check_floating_tensors
 
 from . import registration  # noqa: F401 - registers autograd and fake functions
@@ -48,7 +48,12 @@ def damsm_word_scores(words, lengths, regions, *, gamma1=4.0, gamma2=5.0):
     Returns:
         scores ``[M, B]``: scores[i, j] = R(image i, caption j). (AttnGAN's DAMSM loss multiplies them by
         gamma3 and applies cross-entropy both ways: ``t2ifast.losses.damsm_word_loss``.)
+
+    Under torch.autocast words and regions are cast to float32, as autocast casts the cosine similarities and
+    softmaxes of a loss.
     """
+    if isinstance(words, torch.Tensor) and isinstance(regions, torch.Tensor):
+        words, regions = _autocast.cast_float32(words.device.type, words, regions)
     _check_arguments(words, lengths, regions)
     backend = _backend.select(_OP, words.device.type)
     if backend == "reference":

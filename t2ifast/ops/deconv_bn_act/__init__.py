@@ -9,12 +9,17 @@ The convolution stays with ATen (cuDNN on a GPU); what surrounds it is fused:
   is fused with BatchNorm's (one reduction pass, one elementwise pass);
 - eval: BatchNorm is folded into the convolution's weight and bias, and the bias is added together
   with the activation in one pass.
+
+Mixed precision follows nn.BatchNorm2d's: a float16 / bfloat16 conv output may come with float32 BatchNorm
+parameters and running statistics; the statistics are computed and the running ones updated in float32, and
+the output has the conv output's dtype. Under torch.autocast the convolution runs in the autocast dtype
+(its input, weight and bias are cast, as autocast casts F.conv2d's) and BatchNorm in that mixed precision.
 """
 
 import torch
 import torch.nn.functional as F
 
-from t2ifast import _backend
+from t2ifast import _autocast, _backend
 from t2ifast._validation import check_choice, check_floating_tensors, check_range
 
 from . import registration  # noqa: F401 - registers autograd and fake functions
@@ -42,6 +47,29 @@ def _check_per_channel(channels, **tensors):
             )
 
 
+_REDUCED_PRECISION = (torch.float16, torch.bfloat16)
+
+
+def _check_bn_dtypes(like_name, like, params):
+    """BatchNorm's per-channel tensors all have like's dtype or, when like is float16 / bfloat16, all float32
+    (nn.BatchNorm2d's mixed precision); like and they share one device."""
+    first = next(iter(params.values()), None)
+    mixed = isinstance(first, torch.Tensor) and first.dtype == torch.float32
+    if not (mixed and isinstance(like, torch.Tensor) and like.dtype in _REDUCED_PRECISION):
+        check_floating_tensors(**{like_name: like}, **params)
+        return
+    check_floating_tensors(**{like_name: like})
+    check_floating_tensors(**params)
+    if first.device != like.device:
+        name = next(iter(params))
+        raise ValueError(f"{name} is on {first.device} but {like_name} is on {like.device}; they must match")
+
+
+def _params_dtype(y, *params):
+    """The dtype of the (checked) per-channel tensors: y's unless they are float32 for a float16 / bfloat16 y."""
+    return next((p.dtype for p in params if p is not None), y.dtype)
+
+
 def _check_bn_params(
     channels, like, weight, bias, running_mean, running_var, training, momentum, eps, act, slope, *, names=("y", "")
 ):
@@ -54,7 +82,7 @@ def _check_bn_params(
         "running_mean": running_mean,
         "running_var": running_var,
     }
-    check_floating_tensors(**{like_name: like}, **{k: v for k, v in present.items() if v is not None})
+    _check_bn_dtypes(like_name, like, {k: v for k, v in present.items() if v is not None})
     _check_per_channel(channels, **present)
     check_choice("act", act, ACTIVATIONS)
     if act == "glu" and channels % 2 != 0:
@@ -84,28 +112,47 @@ def _check_bn_args(y, weight, bias, running_mean, running_var, training, momentu
         raise ValueError(f"expected more than 1 value per channel when training, got y of shape {list(y.shape)}")
 
 
+def _native_input(y, backend, params_dtype):
+    """y as the backend's kernel takes it. The native kernels take y and the per-channel tensors in one dtype:
+    with float32 parameters for a float16 / bfloat16 y (mixed precision), y is upcast to float32 (never the
+    parameters cast down: the running statistics are updated in place in their own dtype). The reference
+    (F.batch_norm) and Triton implementations read each tensor in its own dtype and take y as it is."""
+    return y.to(params_dtype) if backend == "native" else y
+
+
 def _affine_act(y, scale, shift, act, negative_slope):
     """act(y * scale + shift) per channel: eval-mode BatchNorm, or the folded bias, with the activation."""
     backend = _backend.select("affine_act", y.device.type)
     if backend == "reference":
         shape = (1, -1, *[1] * (y.dim() - 2))
-        return activation(y * scale.view(shape) + shift.view(shape), act, negative_slope)
-    return _op("affine_act", backend)(y, scale, shift, act, float(negative_slope))
+        out = activation(y * scale.view(shape) + shift.view(shape), act, negative_slope)
+        return out.to(y.dtype)  # mixed precision: computed in the parameters' float32
+    out = _op("affine_act", backend)(_native_input(y, backend, scale.dtype), scale, shift, act, float(negative_slope))
+    return out.to(y.dtype)
 
 
 def _bn_act_train(y, weight, bias, running_mean, running_var, momentum, eps, act, negative_slope):
+    dtype = _params_dtype(y, weight, bias, running_mean)
     if weight is None:
-        weight = torch.ones(y.shape[1], dtype=y.dtype, device=y.device)
+        weight = torch.ones(y.shape[1], dtype=dtype, device=y.device)
     if bias is None:
-        bias = torch.zeros(y.shape[1], dtype=y.dtype, device=y.device)
+        bias = torch.zeros(y.shape[1], dtype=dtype, device=y.device)
     if running_mean is None:  # nothing to track: statistics go to buffers that are dropped
-        running_mean = torch.zeros(y.shape[1], dtype=y.dtype, device=y.device)
-        running_var = torch.ones(y.shape[1], dtype=y.dtype, device=y.device)
+        running_mean = torch.zeros(y.shape[1], dtype=dtype, device=y.device)
+        running_var = torch.ones(y.shape[1], dtype=dtype, device=y.device)
     backend = _backend.select("bn_act_train", y.device.type)
     out, _mean, _invstd = _op("bn_act_train", backend)(
-        y, weight, bias, running_mean, running_var, float(momentum), float(eps), act, float(negative_slope)
+        _native_input(y, backend, dtype),
+        weight,
+        bias,
+        running_mean,
+        running_var,
+        float(momentum),
+        float(eps),
+        act,
+        float(negative_slope),
     )
-    return out
+    return out.to(y.dtype)
 
 
 def _eval_scale_shift(weight, bias, running_mean, running_var, eps):
@@ -131,6 +178,9 @@ def bn_act(
             variance) as nn.BatchNorm2d does; None in training means nothing is tracked.
         training: batch statistics (True) or the running ones (False).
         act: "relu", "leaky_relu" (with negative_slope), "glu" (halves the channels: a * sigmoid(b)) or "none".
+
+    The per-channel tensors have y's dtype or, for a float16 / bfloat16 y (a convolution under autocast),
+    float32: then, as nn.BatchNorm2d, the statistics are float32 and the output has y's dtype.
     """
     _check_bn_args(y, weight, bias, running_mean, running_var, training, momentum, eps, act, negative_slope)
     if _backend.select("bn_act_train", y.device.type) == "reference":
@@ -182,6 +232,17 @@ def _conv_transpose_args(stride, padding, output_padding, groups, dilation):
     }
 
 
+def _autocast_conv_inputs(x, weight, bias):
+    """(x, weight, bias) cast to the autocast dtype under torch.autocast, as autocast casts a convolution's
+    (the checks and the eval-mode folding then see one dtype); unchanged outside autocast. Not tensors: left
+    for the checks to name."""
+    if not (isinstance(x, torch.Tensor) and isinstance(weight, torch.Tensor)):
+        return x, weight, bias
+    if bias is not None and not isinstance(bias, torch.Tensor):
+        return x, weight, bias
+    return _autocast.cast_lower_precision(x.device.type, x, weight, bias)
+
+
 def _check_conv_weight(x, weight, bias, *, transposed, groups):
     check_floating_tensors(x=x, weight=weight, **({"bias": bias} if bias is not None else {}))
     if x.dim() != 4:
@@ -225,7 +286,9 @@ def deconv_bn_act(
 
     weight is a ConvTranspose2d weight [C_in, C_out/groups, kH, kW]; bias (of the convolution) may be None;
     the BatchNorm arguments are as in ``bn_act``. In eval mode BatchNorm is folded into weight and bias.
+    Under torch.autocast the convolution runs in the autocast dtype, BatchNorm in mixed precision (see ``bn_act``).
     """
+    x, weight, bias = _autocast_conv_inputs(x, weight, bias)
     channels = _check_conv_weight(x, weight, bias, transposed=True, groups=groups)
     _check_bn_params(
         channels,
@@ -276,7 +339,7 @@ def deconv_bn_act(
     folded_weight, folded_bias = fold_batch_norm(
         weight, bias, bn_weight, bn_bias, running_mean, running_var, eps, transposed=True, groups=groups
     )
-    y = F.conv_transpose2d(x, folded_weight, None, **conv_args)
+    y = F.conv_transpose2d(x, folded_weight.to(weight.dtype), None, **conv_args)  # float32 with mixed precision
     return _affine_act(y, torch.ones_like(folded_bias), folded_bias, act, negative_slope)
 
 
@@ -304,7 +367,9 @@ def upsample_conv_bn_act(
 
     weight is a Conv2d weight [C_out, C_in/groups, kH, kW] (C_out = 2 x the block's output channels for GLU);
     scale_factor is the nearest-neighbour upsampling factor. In eval mode BatchNorm is folded into the conv.
+    Under torch.autocast the convolution runs in the autocast dtype, BatchNorm in mixed precision (see ``bn_act``).
     """
+    x, weight, bias = _autocast_conv_inputs(x, weight, bias)
     channels = _check_conv_weight(x, weight, bias, transposed=False, groups=groups)
     conv_args = {"stride": stride, "padding": padding, "dilation": dilation, "groups": groups}
     _check_bn_params(
@@ -357,5 +422,5 @@ def upsample_conv_bn_act(
     folded_weight, folded_bias = fold_batch_norm(
         weight, bias, bn_weight, bn_bias, running_mean, running_var, eps, transposed=False
     )
-    y = F.conv2d(upsampled, folded_weight, None, **conv_args)
+    y = F.conv2d(upsampled, folded_weight.to(weight.dtype), None, **conv_args)  # float32 with mixed precision
     return _affine_act(y, torch.ones_like(folded_bias), folded_bias, act, negative_slope)

@@ -10,7 +10,7 @@ from typing import NamedTuple
 
 import torch
 
-from t2ifast import _backend
+from t2ifast import _autocast, _backend
 from t2ifast._validation import check_choice, check_floating_tensors, check_range
 
 from . import registration  # noqa: F401 - registers autograd and fake functions
@@ -37,6 +37,12 @@ def _run(s_real, s_wrong, s_fake, real_target, reduction):
     return values[0], values[1], values[2], values[3]
 
 
+def _float32_under_autocast(*logits):
+    if not all(isinstance(t, torch.Tensor) for t in logits):  # left for the checks to name
+        return logits
+    return _autocast.cast_float32(logits[0].device.type, *logits)
+
+
 def matching_aware_loss(s_real, s_wrong, s_fake, *, smoothing=0.0, reduction="mean"):
     """The discriminator's GAN-CLS loss.
 
@@ -50,7 +56,10 @@ def matching_aware_loss(s_real, s_wrong, s_fake, *, smoothing=0.0, reduction="me
 
     Returns:
         DiscriminatorLoss(loss, real, wrong, fake).
+
+    Under torch.autocast the logits are cast to float32, as autocast casts binary_cross_entropy_with_logits's.
     """
+    s_real, s_wrong, s_fake = _float32_under_autocast(s_real, s_wrong, s_fake)
     check_floating_tensors(s_real=s_real, s_wrong=s_wrong, s_fake=s_fake)
     check_range("smoothing", smoothing, 0.0, 1.0, high_inclusive=False)
     check_choice("reduction", reduction, ("mean", "sum"))
@@ -58,7 +67,9 @@ def matching_aware_loss(s_real, s_wrong, s_fake, *, smoothing=0.0, reduction="me
 
 
 def generator_loss(s_fake, *, reduction="mean"):
-    """The generator's non-saturating loss -log sigmoid(s_fake): the 'real' term on fake logits."""
+    """The generator's non-saturating loss -log sigmoid(s_fake): the 'real' term on fake logits (float32 under
+    torch.autocast, as ``matching_aware_loss``)."""
+    (s_fake,) = _float32_under_autocast(s_fake)
     check_floating_tensors(s_fake=s_fake)
     check_choice("reduction", reduction, ("mean", "sum"))
     empty = s_fake.new_empty(0)

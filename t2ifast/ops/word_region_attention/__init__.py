@@ -9,7 +9,7 @@ log-sum-exp saved by the forward).
 
 import torch
 
-from t2ifast import _backend
+from t2ifast import _autocast, _backend
 from t2ifast._validation import check_floating_tensors
 
 from . import registration  # noqa: F401 - registers autograd and fake functions
@@ -51,7 +51,12 @@ def word_region_attention(regions, words, pad_mask=None, *, return_attn=False):
         ``(context, attn)``: context ``[B, C, N]`` = sum over t of attn[b, t, n] * words[b, :, t];
         attn ``[B, T, N]`` (softmax over T) when ``return_attn``, else None. A sample whose words are all
         padding gets zero context and zero attention (not NaN), and zero gradients.
+
+    Under torch.autocast, regions and words are cast to the autocast dtype, as autocast casts the matrix
+    products this replaces (the kernels keep the softmax statistics in float32).
     """
+    if isinstance(regions, torch.Tensor) and isinstance(words, torch.Tensor):
+        regions, words = _autocast.cast_lower_precision(regions.device.type, regions, words)
     _check_arguments(regions, words, pad_mask)
     backend = _backend.select(_OP, regions.device.type)
     if backend == "reference":
