@@ -3,10 +3,13 @@
 With no arguments: generate the synthetic captioned-shapes set (cached), pretrain the DAMSM text encoder on it
 (cached), train GAN-INT-CLS, train the style encoder, and end with a sample grid (captions under the images),
 interpolation and style-transfer grids and the caption-accuracy figure, all in the run folder.
+`--model stackgan` trains Stage I (64×64) and then Stage II (256×256) on it; `--model attngan` trains the
+attentional multi-stage generator (64/128/256) with the DAMSM loss and adds the word-by-word attention maps.
 
     python -m t2ifast.train                                   # the default job, in runs/t2ifast
     python -m t2ifast.train --config configs/gan-int-cls.yaml --data ~/data/birds --steps 20000
     python -m t2ifast.train --model damsm --data ~/data/birds  # pretrain only the text encoder
+    python -m t2ifast.train --config configs/attngan-birds.yaml --data ~/data/birds
     python -m t2ifast.train --resume                          # continue the run in --out from its last checkpoint
     torchrun --nproc_per_node=2 -m t2ifast.train ...          # DistributedDataParallel (gloo on CPU)
 
@@ -30,11 +33,13 @@ from t2ifast.models.sentence_embeddings import (
     PrecomputedSentenceEmbeddings,
 )
 from t2ifast.training import artifacts
+from t2ifast.training.attngan import AttnGANTask
 from t2ifast.training.config import MODELS, ConfigError, load_config, save_config
 from t2ifast.training.damsm import DAMSMTask
-from t2ifast.training.gan_int_cls import GANINTCLSTask, StyleEncoderTask
+from t2ifast.training.gan_int_cls import VARIANTS, GANINTCLSTask, StyleEncoderTask
 from t2ifast.training.loop import TrainingDiverged, train
 from t2ifast.training.runtime import seed_everything, start_runtime, stop_runtime
+from t2ifast.training.stackgan import StackGANTask, build_stage1_generator
 
 # command-line flags -> config keys (each is also reachable as --set key=value)
 FLAGS = {
@@ -123,13 +128,24 @@ def run(config, runtime, *, resume=False):
     if runtime.is_main:
         artifacts.save_vocabulary(train_set.vocabulary, out / artifacts.VOCABULARY)
     if config.model == "damsm":
-        text_encoder = pretrain_damsm(config, train_set, runtime, out, resume=resume)
+        damsm = pretrain_damsm(config, train_set, runtime, out, resume=resume)
         if runtime.is_main:
-            artifacts.save_weights(text_encoder, out / artifacts.TEXT_ENCODER)
+            artifacts.save_damsm_encoders(damsm, out)
+        return
+    if config.model == "attngan":
+        text_encoder, image_encoder = damsm_encoders(config, folder, train_set, runtime, out)
+        task = train_attngan(config, train_set, text_encoder, image_encoder, runtime, out, resume=resume)
+        if runtime.is_main:
+            artifacts.save_weights(task.sampler, out / artifacts.GENERATOR)
+            finish(config, folder, task, None, None, runtime, out)
         return
     embed = sentence_embeddings(config, folder, train_set, runtime, out)
-    task = train_gan(config, train_set, embed, runtime, out, resume=resume)
-    style = train_style_encoder(config, train_set, embed, task.sampler, runtime, out, resume=resume)
+    if config.model == "stackgan":
+        task = train_stackgan(config, train_set, embed, runtime, out, resume=resume)
+        style = None
+    else:
+        task = train_gan(config, train_set, embed, runtime, out, resume=resume)
+        style = train_style_encoder(config, train_set, embed, task.sampler, runtime, out, resume=resume)
     if runtime.is_main:
         artifacts.save_weights(task.sampler, out / artifacts.GENERATOR)
         if style is not None:
@@ -137,14 +153,24 @@ def run(config, runtime, *, resume=False):
         finish(config, folder, task, style, embed, runtime, out)
 
 
+def image_sizes(config):
+    """The image sizes a model trains on (the loader's outputs; the largest is the synthetic set's size)."""
+    if config.model == "attngan":
+        return tuple(64 * 2**i for i in range(config.attngan.stages))
+    if config.model == "stackgan" and config.stackgan.stage2_steps > 0:
+        return (64, 256)
+    return (config.data.image_size,)
+
+
 def dataset_folder(config, runtime):
     if config.data.path != "synthetic":
         return Path(config.data.path).expanduser()
     root = Path(config.train.cache_dir).expanduser() / "synthetic"
+    size = max(image_sizes(config))
     if runtime.is_main:  # generated once; the other ranks wait and read it
-        generate_synthetic(root, config.data.synthetic_images, 64, config.data.synthetic_seed)
+        generate_synthetic(root, config.data.synthetic_images, size, config.data.synthetic_seed)
     runtime.barrier()
-    return generate_synthetic(root, config.data.synthetic_images, 64, config.data.synthetic_seed)
+    return generate_synthetic(root, config.data.synthetic_images, size, config.data.synthetic_seed)
 
 
 def loader_for(config, dataset, runtime, *, batch_size, seed_offset=0):
@@ -152,7 +178,7 @@ def loader_for(config, dataset, runtime, *, batch_size, seed_offset=0):
         dataset,
         batch_size,
         backend=config.data.loader,
-        sizes=(config.data.image_size,),
+        sizes=image_sizes(config),
         augment=config.data.path != "synthetic" if config.data.augment is None else config.data.augment,
         seed=config.train.seed + seed_offset,
         max_words=config.data.max_words,
@@ -187,7 +213,7 @@ def pretrain_damsm(config, dataset, runtime, out, *, resume):
     kwargs = _train_kwargs(config, loader, out, resume)
     kwargs["steps"] = config.text.pretrain_steps
     train(task, loader, runtime, **kwargs)
-    return task.damsm.text_encoder
+    return task.damsm
 
 
 def damsm_cache_folder(config, dataset_path):
@@ -208,6 +234,41 @@ def damsm_cache_folder(config, dataset_path):
     return Path(config.train.cache_dir).expanduser() / "damsm" / f"{Path(dataset_path).name}-{digest}"
 
 
+def damsm_encoders(config, folder, dataset, runtime, out):
+    """(text encoder, image encoder or None) of the DAMSM: given (text.encoder, with the image encoder saved
+    beside it if any), cached for this dataset and these settings, or pretrained now and cached. Both are
+    copied into the run folder, for sampling and R-precision."""
+    text = config.text
+    text_encoder = artifacts.build_text_encoder(config, len(dataset.vocabulary))
+    source = Path(text.encoder).expanduser() if text.encoder else None
+    if source is None:
+        cache = damsm_cache_folder(config, folder)
+        source = cache / artifacts.TEXT_ENCODER
+        if not source.is_file() or not (cache / artifacts.IMAGE_ENCODER).is_file():
+            cache_config = load_config(overrides=[f"train.out={cache}"])
+            cache_config.text, cache_config.data, cache_config.train.seed = text, config.data, config.train.seed
+            cache_config.train.device, cache_config.train.amp = config.train.device, config.train.amp
+            damsm = pretrain_damsm(cache_config, dataset, runtime, cache, resume=True)
+            if runtime.is_main:
+                artifacts.save_damsm_encoders(damsm, cache)
+            runtime.barrier()
+    artifacts.load_weights(text_encoder, source)
+    image_encoder = None
+    if source.with_name(artifacts.IMAGE_ENCODER).is_file():
+        image_encoder = artifacts.load_weights(
+            artifacts.build_image_encoder(config), source.with_name(artifacts.IMAGE_ENCODER)
+        )
+    elif config.model == "attngan":
+        raise FileNotFoundError(
+            f"AttnGAN's DAMSM loss needs the image encoder pretrained with the text encoder {source}: "
+            f"{source.with_name(artifacts.IMAGE_ENCODER)} does not exist"
+        )
+    if runtime.is_main:
+        artifacts.save_weights(text_encoder, out / artifacts.TEXT_ENCODER)
+        artifacts.copy_image_encoder(source, out)
+    return text_encoder.to(runtime.device), None if image_encoder is None else image_encoder.to(runtime.device)
+
+
 def sentence_embeddings(config, folder, dataset, runtime, out):
     """φ(t) for the GAN: the DAMSM text encoder (given, cached, or pretrained now), precomputed, or MiniLM."""
     text = config.text
@@ -215,24 +276,8 @@ def sentence_embeddings(config, folder, dataset, runtime, out):
         return PrecomputedSentenceEmbeddings(dataset=dataset, average=text.average_captions)
     if text.source == "minilm":
         return MiniLMSentenceEmbeddings(dataset.vocabulary)
-    encoder = artifacts.build_text_encoder(config, len(dataset.vocabulary))
-    if text.encoder:
-        artifacts.load_weights(encoder, text.encoder)
-    else:
-        cache = damsm_cache_folder(config, folder)
-        cached = cache / artifacts.TEXT_ENCODER
-        if not cached.is_file():
-            cache_config = load_config(overrides=[f"train.out={cache}"])
-            cache_config.text, cache_config.data, cache_config.train.seed = text, config.data, config.train.seed
-            cache_config.train.device, cache_config.train.amp = config.train.device, config.train.amp
-            trained = pretrain_damsm(cache_config, dataset, runtime, cache, resume=True)
-            if runtime.is_main:
-                artifacts.save_weights(trained, cached)
-            runtime.barrier()
-        artifacts.load_weights(encoder, cached)
-    if runtime.is_main:
-        artifacts.save_weights(encoder, out / artifacts.TEXT_ENCODER)
-    return DAMSMSentenceEmbeddings(encoder.to(runtime.device))
+    text_encoder, _ = damsm_encoders(config, folder, dataset, runtime, out)
+    return DAMSMSentenceEmbeddings(text_encoder)
 
 
 def _preview_captions(dataset, count=16):
@@ -243,10 +288,42 @@ def _preview_captions(dataset, count=16):
     return text, captions
 
 
-def train_gan(config, dataset, embed, runtime, out, *, resume):
+def _preview(dataset, runtime):
     text, captions = _preview_captions(dataset)
-    preview = Batch(images={}, **text).to(runtime.device)
-    task = GANINTCLSTask(config, embed, runtime, preview_batch=preview, preview_captions=captions)
+    return {"preview_batch": Batch(images={}, **text).to(runtime.device), "preview_captions": captions}
+
+
+def train_gan(config, dataset, embed, runtime, out, *, resume):
+    task = GANINTCLSTask(config, embed, runtime, **_preview(dataset, runtime))
+    loader = loader_for(config, dataset, runtime, batch_size=config.train.batch_size)
+    train(task, loader, runtime, **_train_kwargs(config, loader, out, resume))
+    return task
+
+
+def train_stackgan(config, dataset, embed, runtime, out, *, resume):
+    """Stage I for train.steps (or the given stackgan.stage1_generator), then Stage II on its frozen EMA
+    generator for stackgan.stage2_steps; returns the last stage's task."""
+    loader = loader_for(config, dataset, runtime, batch_size=config.train.batch_size)
+    if config.stackgan.stage1_generator:
+        stage1 = build_stage1_generator(config, embed.embedding_dim)
+        stage1 = artifacts.load_weights(stage1, config.stackgan.stage1_generator).to(runtime.device)
+    else:
+        task = StackGANTask(config, embed, runtime, stage=1, **_preview(dataset, runtime))
+        train(task, loader, runtime, **_train_kwargs(config, loader, out, resume))
+        if config.stackgan.stage2_steps == 0:
+            return task
+        stage1 = task.sampler
+        if runtime.is_main:
+            artifacts.save_weights(stage1, out / "stage1_generator.safetensors")
+    task = StackGANTask(config, embed, runtime, stage=2, stage1_generator=stage1, **_preview(dataset, runtime))
+    kwargs = _train_kwargs(config, loader, out, resume)
+    kwargs["steps"] = config.stackgan.stage2_steps
+    train(task, loader, runtime, **kwargs)
+    return task
+
+
+def train_attngan(config, dataset, text_encoder, image_encoder, runtime, out, *, resume):
+    task = AttnGANTask(config, text_encoder, image_encoder, runtime, **_preview(dataset, runtime))
     loader = loader_for(config, dataset, runtime, batch_size=config.train.batch_size)
     train(task, loader, runtime, **_train_kwargs(config, loader, out, resume))
     return task
@@ -264,9 +341,9 @@ def train_style_encoder(config, dataset, embed, generator, runtime, out, *, resu
 
 
 def finish(config, folder, task, style, embed, runtime, out):
-    """The pictures and figures a run ends with."""
+    """The pictures and figures a run ends with, and its caption accuracy and R-precision where they apply."""
     from t2ifast.sample import interpolation_grid, style_transfer_grid
-    from t2ifast.visualize import accuracy_figure, caption_grid
+    from t2ifast.visualize import accuracy_figure, attention_grid, caption_grid
 
     try:
         held_out = open_dataset(folder, "test")
@@ -274,19 +351,27 @@ def finish(config, folder, task, style, embed, runtime, out):
         held_out = open_dataset(folder, "train")
     text, captions = _preview_captions(held_out, 32)
     batch = Batch(images={}, **text).to(runtime.device)
-    caption_grid(task.sample(batch).float().cpu(), captions, path=out / "samples.png")
-    generator = task.sampler
-    interpolation_grid(generator, embed, batch, path=out / "interpolation.png")
-    if style is not None:
-        style_transfer_grid(generator, style.encoder, embed, batch, path=out / "style_transfer.png")
+    if config.model == "attngan":
+        images, attention = task.sample(batch, return_attention=True)
+        if attention:  # the last stage's word-by-word maps, beside the samples
+            attention_grid(images[:8], attention[-1][:8], captions[:8], path=out / "attention.png")
+            print(f"attention maps written to {out / 'attention.png'}")
+    else:
+        images = task.sample(batch)
+    caption_grid(images.float().cpu(), captions, path=out / "samples.png")
+    if config.model in VARIANTS:
+        interpolation_grid(task.sampler, embed, batch, path=out / "interpolation.png")
+        if style is not None:
+            style_transfer_grid(task.sampler, style.encoder, embed, batch, path=out / "style_transfer.png")
     print(f"samples written to {out / 'samples.png'}")
+    report = {}
     if config.data.path == "synthetic" and config.eval.caption_accuracy:
         from t2ifast.evaluate import synthetic_caption_accuracy
 
         result, ceiling = synthetic_caption_accuracy(
             folder, held_out, task.sample, config, runtime.device, max_samples=config.eval.max_samples
         )
-        (out / "caption_accuracy.json").write_text(json.dumps({"generated": result.as_dict(), "real": ceiling}))
+        report["caption_accuracy"] = {"generated": result.as_dict(), "real": ceiling}
         accuracy_figure(
             {k: v for k, v in result.as_dict().items() if isinstance(v, float)},
             title=f"caption accuracy of {config.model} on held-out captions",
@@ -295,6 +380,26 @@ def finish(config, folder, task, style, embed, runtime, out):
         )
         print(result)
         print(f"caption accuracy written to {out / 'caption_accuracy.png'}")
+    if config.eval.r_precision_images and (out / artifacts.IMAGE_ENCODER).is_file():
+        from t2ifast.evaluation import evaluate_r_precision
+
+        text_encoder, image_encoder = artifacts.load_damsm_encoders(out, runtime.device)
+        r_precision = evaluate_r_precision(
+            task.sample,
+            text_encoder,
+            image_encoder,
+            held_out,
+            num_images=config.eval.r_precision_images,
+            candidates=config.eval.r_precision_candidates,
+            splits=config.eval.r_precision_splits,
+            seed=config.train.seed,
+            device=runtime.device,
+            max_words=config.data.max_words,
+        )
+        report["r_precision"] = r_precision.as_dict()
+        print(f"R-precision: {r_precision}")
+    if report:
+        (out / "evaluation.json").write_text(json.dumps(report, indent=1))
 
 
 if __name__ == "__main__":

@@ -320,8 +320,12 @@ def test_damsm_sentence_embeddings_are_the_frozen_text_encoder(synthetic):
     right, wrong = source(batch), source(batch, which="wrong")
     assert right.shape == wrong.shape == (16, 20) and not right.requires_grad
     encoder.eval()
-    torch.testing.assert_close(right, encoder(batch.captions, batch.caption_lengths)[1])
-    torch.testing.assert_close(wrong, encoder(batch.wrong_captions, batch.wrong_lengths)[1])
+
+    def rescaled(sentence):  # the direction of the sentence feature at norm √20
+        return sentence / sentence.norm(dim=1, keepdim=True) * 20**0.5
+
+    torch.testing.assert_close(right, rescaled(encoder(batch.captions, batch.caption_lengths)[1]))
+    torch.testing.assert_close(wrong, rescaled(encoder(batch.wrong_captions, batch.wrong_lengths)[1]))
     with pytest.raises(ValueError, match="which must be 'right' or 'wrong'"):
         source(batch, which="left")
 

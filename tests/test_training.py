@@ -1,5 +1,6 @@
 """The GAN-INT-CLS training system: models, steps, resume, divergence, and the whole command line."""
 
+import json
 import math
 import os
 import signal
@@ -146,7 +147,9 @@ def _train_command(out, cache, *extra):
         *(item for override in TINY for item in ("--set", override)),
         "--set", f"train.cache_dir={cache}", "--set", "data.synthetic_images=48",
         "--set", "text.pretrain_steps=3", "--set", "text.pretrain_batch_size=8", "--set", "gan.style_steps=2",
-        "--set", "eval.max_samples=16", "--set", "eval.classifier_steps=5", *extra,
+        "--set", "eval.max_samples=16", "--set", "eval.classifier_steps=5",
+        "--set", "eval.r_precision_images=8", "--set", "eval.r_precision_splits=2",
+        "--set", "eval.r_precision_candidates=5", *extra,
     ]  # fmt: skip
 
 
@@ -159,10 +162,13 @@ def test_the_main_job_end_to_end(tmp_path):
     out, cache = tmp_path / "run", tmp_path / "cache"
     result = _run(_train_command(out, cache))
     assert result.returncode == 0, result.stderr[-3000:]
-    for name in ("config.yaml", "vocabulary.json", "text_encoder.safetensors", "generator.safetensors",
-                 "style_encoder.safetensors", "samples.png", "interpolation.png", "style_transfer.png",
-                 "caption_accuracy.png", "caption_accuracy.json"):  # fmt: skip
+    for name in ("config.yaml", "vocabulary.json", "text_encoder.safetensors", "image_encoder.safetensors",
+                 "generator.safetensors", "style_encoder.safetensors", "samples.png", "interpolation.png",
+                 "style_transfer.png", "caption_accuracy.png", "evaluation.json"):  # fmt: skip
         assert (out / name).is_file(), name
+    report = json.loads((out / "evaluation.json").read_text())
+    assert 0.0 <= report["caption_accuracy"]["generated"]["colour"] <= 1.0
+    assert report["r_precision"]["count"] == 8 and len(report["r_precision"]["per_split"]) == 2
     assert (out / "checkpoints" / "gan" / "checkpoint-000000003.pt").is_file()
     assert any((out / "tensorboard" / "gan").iterdir())
 
@@ -172,9 +178,33 @@ def test_the_main_job_end_to_end(tmp_path):
     assert (tmp_path / "s.png").is_file()
     unknown = _run([sys.executable, "-m", "t2ifast.sample", str(out), "zzz qqq", "--out", str(tmp_path / "u.png")])
     assert unknown.returncode != 0 and "has no word of the model's vocabulary" in unknown.stderr
-    evaluation = _run([sys.executable, "-m", "t2ifast.evaluate", str(out), "--max-samples", "8"])
+    evaluation = _run([sys.executable, "-m", "t2ifast.evaluate", str(out), "--max-samples", "8",
+                       "--r-precision", "--r-images", "8", "--r-splits", "2", "--r-candidates", "5"])  # fmt: skip
     assert evaluation.returncode == 0, evaluation.stderr[-2000:]
-    assert '"caption_accuracy"' in evaluation.stdout
+    assert '"caption_accuracy"' in evaluation.stdout and '"r_precision"' in evaluation.stdout
+
+
+@pytest.mark.parametrize(
+    ("model", "settings", "checkpoints", "pictures"),
+    [
+        ("stackgan", ["stackgan.stage2_steps=2", "stackgan.condition_dim=8"], ["stackgan-stage1", "stackgan-stage2"],
+         ["samples.png", "stage1_generator.safetensors"]),
+        ("attngan", ["attngan.stages=3", "attngan.condition_dim=8"], ["attngan"], ["samples.png", "attention.png"]),
+    ],
+)  # fmt: skip
+def test_the_multi_stage_models_end_to_end(tmp_path, model, settings, checkpoints, pictures):
+    """--model stackgan|attngan on the synthetic set at 256×256: every phase, the pictures, the evaluation."""
+    out, cache = tmp_path / "run", tmp_path / "cache"
+    overrides = [item for setting in settings for item in ("--set", setting)]
+    result = _run(_train_command(out, cache, "--model", model, "--steps", "2", "--batch-size", "4", *overrides))
+    assert result.returncode == 0, result.stderr[-3000:]
+    for name in ("generator.safetensors", "image_encoder.safetensors", "evaluation.json", *pictures):
+        assert (out / name).is_file(), name
+    for name in checkpoints:
+        assert (out / "checkpoints" / name / "checkpoint-000000002.pt").is_file(), name
+    report = json.loads((out / "evaluation.json").read_text())
+    assert set(report) == {"caption_accuracy", "r_precision"}
+    assert next((cache / "synthetic").glob("shapes-256px-*")).is_dir()  # generated at the last stage's size
 
 
 def test_bad_configuration_is_a_clear_error(tmp_path):

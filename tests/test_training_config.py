@@ -1,5 +1,7 @@
 """The training configuration: YAML files, overrides, and clear errors for bad values."""
 
+from pathlib import Path
+
 import pytest
 
 from t2ifast.training.config import Config, ConfigError, load_config, save_config
@@ -52,3 +54,9 @@ def test_missing_file_is_named(tmp_path):
 def test_from_dict_rejects_non_mapping_sections():
     with pytest.raises(ConfigError, match="train must be a mapping, got int"):
         Config.from_dict({"train": 3})
+
+
+@pytest.mark.parametrize("path", sorted((Path(__file__).parents[1] / "configs").glob("*.yaml")), ids=lambda p: p.name)
+def test_every_shipped_config_loads(path):
+    config = load_config(path)
+    assert config.model in path.name or path.name == "synthetic.yaml"

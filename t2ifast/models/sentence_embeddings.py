@@ -31,7 +31,12 @@ def _captions_of(batch, which):
 
 class DAMSMSentenceEmbeddings:
     """φ(t) = the sentence feature ``[B, hidden_dim]`` of a DAMSM TextEncoder, frozen: the encoder is put in eval
-    mode with ``requires_grad_(False)`` (it is the caller's module: this changes it) and run without grad."""
+    mode with ``requires_grad_(False)`` (it is the caller's module: this changes it) and run without grad.
+
+    The feature is rescaled to norm √hidden_dim. The DAMSM is trained on cosine similarities, so only its
+    direction means anything, and its raw entries are small (about 0.1): next to the unit-sized noise z, a
+    generator's text projection would start out ignoring the text. Rescaled, the entries are about unit-sized.
+    """
 
     def __init__(self, text_encoder):
         self.text_encoder = text_encoder.eval().requires_grad_(False)
@@ -46,7 +51,8 @@ class DAMSMSentenceEmbeddings:
         if self.text_encoder.training:  # frozen means no dropout, whatever was done to the module since
             self.text_encoder.eval()
         with torch.no_grad():
-            return self.text_encoder(captions, lengths)[1]
+            sentence = self.text_encoder(captions, lengths)[1]
+            return torch.nn.functional.normalize(sentence, dim=1) * self.embedding_dim**0.5
 
 
 def average_caption_embeddings(dataset_embeddings, indices, k, generator=None):
