@@ -139,13 +139,13 @@ def test_one_stage1_step(wrong_pairs):
 
 def test_one_stage2_step_keeps_stage1_frozen():
     task = _task(2, preview_batch=_batch(9), preview_captions=["a"] * B)
-    assert task.name == "stackgan-stage2" and not task.stage1.training
-    stage1, generator = _parameters(task.stage1), _parameters(task.generator)
+    assert task.name == "stackgan-stage2" and not task.stage1_generator.training
+    stage1, generator = _parameters(task.stage1_generator), _parameters(task.generator)
     discriminator = _parameters(task.discriminator)
     losses = task.train_step(_batch())
     assert _finite(losses)
     assert _changed(generator, task.generator) and _changed(discriminator, task.discriminator)
-    assert all(torch.equal(stage1[name], p) for name, p in task.stage1.named_parameters())
+    assert all(torch.equal(stage1[name], p) for name, p in task.stage1_generator.named_parameters())
     assert task.sample(_batch()).shape == (B, 3, 256, 256)
     assert task.sampler(torch.randn(B, 8), FixedEmbeddings()(_batch())).image.shape == (B, 3, 256, 256)
     assert "stage1_generator" in task.state_dict()

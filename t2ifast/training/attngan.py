@@ -37,8 +37,8 @@ from t2ifast.models.image_encoder import resize_images
 from t2ifast.ops import generator_loss, matching_aware_loss
 from t2ifast.training.ema import GeneratorEMA
 from t2ifast.training.gan_int_cls import PairScorer
+from t2ifast.training.gan_task import GANTask
 from t2ifast.training.runtime import distributed
-from t2ifast.visualize import caption_grid
 
 
 def build_attngan_generator(config, word_dim):
@@ -65,7 +65,7 @@ class TextFeatures:
         self.words, self.sentence, self.pad_mask, self.wrong = words, sentence, pad_mask, wrong
 
 
-class AttnGANTask:
+class AttnGANTask(GANTask):
     """The AttnGAN step (see the module docstring) on a pretrained DAMSM's text and image encoders.
 
     Args:
@@ -259,12 +259,6 @@ class AttnGANTask:
         self.g_optimizer.load_state_dict(state["g_optimizer"])
         for optimizer, saved in zip(self.d_optimizers, state["d_optimizers"], strict=True):
             optimizer.load_state_dict(saved)
-
-    @torch.no_grad()
-    def preview(self):
-        if self.preview_batch is None:
-            return None
-        return caption_grid(self.sample(self.preview_batch, self._preview_z).float().cpu(), self.preview_captions)
 
     @torch.no_grad()
     def sample(self, batch, z=None, *, return_attention=False):

@@ -19,8 +19,8 @@ from t2ifast.models.matching_aware_discriminator import MatchingAwareDiscriminat
 from t2ifast.models.text_conditioned_generator import StyleEncoder, TextConditionedGenerator
 from t2ifast.ops import generator_loss, matching_aware_loss
 from t2ifast.training.ema import GeneratorEMA
+from t2ifast.training.gan_task import GANTask
 from t2ifast.training.runtime import distributed
-from t2ifast.visualize import caption_grid
 
 VARIANTS = {  # model name -> (matching-aware pairs, interpolated text)
     "gan": (False, False),
@@ -54,7 +54,7 @@ def build_generator(config, embedding_dim):
     return TextConditionedGenerator(embedding_dim, z_dim=gan.z_dim, projection_dim=gan.projection_dim, ngf=gan.ngf)
 
 
-class GANINTCLSTask:
+class GANINTCLSTask(GANTask):
     """The GAN step of `config.model` (gan, gan-cls, gan-int, gan-int-cls) on sentence embeddings `embed`."""
 
     name = "gan"
@@ -126,28 +126,6 @@ class GANINTCLSTask:
     def sampler(self):
         """The EMA generator, for sampling."""
         return self.ema.module
-
-    def state_dict(self):
-        return {
-            "generator": self.generator.state_dict(),
-            "discriminator": self.discriminator.state_dict(),
-            "ema": self.ema.state_dict(),
-            "g_optimizer": self.g_optimizer.state_dict(),
-            "d_optimizer": self.d_optimizer.state_dict(),
-        }
-
-    def load_state_dict(self, state):
-        self.generator.load_state_dict(state["generator"])
-        self.discriminator.load_state_dict(state["discriminator"])
-        self.ema.load_state_dict(state["ema"])
-        self.g_optimizer.load_state_dict(state["g_optimizer"])
-        self.d_optimizer.load_state_dict(state["d_optimizer"])
-
-    @torch.no_grad()
-    def preview(self):
-        if self.preview_batch is None:
-            return None
-        return caption_grid(self.sample(self.preview_batch, self._preview_z).float().cpu(), self.preview_captions)
 
     @torch.no_grad()
     def sample(self, batch, z=None):

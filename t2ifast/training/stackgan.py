@@ -19,8 +19,8 @@ from t2ifast.models.stackgan import StackGAN, StackGANStage1Generator, StackGANS
 from t2ifast.ops import generator_loss, matching_aware_loss
 from t2ifast.training.ema import GeneratorEMA
 from t2ifast.training.gan_int_cls import PairScorer, wrong_embeddings
+from t2ifast.training.gan_task import GANTask
 from t2ifast.training.runtime import distributed
-from t2ifast.visualize import caption_grid
 
 IMAGE_SIZES = {1: 64, 2: 256}
 
@@ -40,7 +40,7 @@ def build_stage2_generator(config, embedding_dim):
     )
 
 
-class StackGANTask:
+class StackGANTask(GANTask):
     """The StackGAN step of one stage on sentence embeddings `embed`.
 
     Args:
@@ -67,9 +67,10 @@ class StackGANTask:
         device = runtime.device
         build = build_stage1_generator if stage == 1 else build_stage2_generator
         self.generator = build(config, embed.embedding_dim).to(device)
-        self.stage1 = None
-        if stage == 2:
-            self.stage1 = copy.deepcopy(stage1_generator).to(device).eval().requires_grad_(False)
+        self.stage1_generator = None
+        if stage == 2:  # a frozen copy, saved with the task so that Stage II resumes on its own
+            self.stage1_generator = copy.deepcopy(stage1_generator).to(device).eval().requires_grad_(False)
+            self.checkpointed = (*GANTask.checkpointed, "stage1_generator")
         self.discriminator = MatchingAwareDiscriminator(
             config.stackgan.condition_dim, gan.projection_dim, gan.ndf, image_size=self.image_size
         ).to(device)
@@ -86,7 +87,7 @@ class StackGANTask:
 
     def _stage1_images(self, z, embedding):
         with torch.no_grad():
-            return self.stage1(z, embedding).image
+            return self.stage1_generator(z, embedding).image
 
     def train_step(self, batch):
         real = batch.images[self.image_size]
@@ -130,34 +131,7 @@ class StackGANTask:
         """The EMA generator as (z, embedding) -> StackGANOutput; at stage 2 behind the frozen Stage I."""
         if self.stage == 1:
             return self.ema.module
-        return StackGAN(self.stage1, self.ema.module)
-
-    def state_dict(self):
-        state = {
-            "generator": self.generator.state_dict(),
-            "discriminator": self.discriminator.state_dict(),
-            "ema": self.ema.state_dict(),
-            "g_optimizer": self.g_optimizer.state_dict(),
-            "d_optimizer": self.d_optimizer.state_dict(),
-        }
-        if self.stage1 is not None:
-            state["stage1_generator"] = self.stage1.state_dict()
-        return state
-
-    def load_state_dict(self, state):
-        self.generator.load_state_dict(state["generator"])
-        self.discriminator.load_state_dict(state["discriminator"])
-        self.ema.load_state_dict(state["ema"])
-        self.g_optimizer.load_state_dict(state["g_optimizer"])
-        self.d_optimizer.load_state_dict(state["d_optimizer"])
-        if self.stage1 is not None:
-            self.stage1.load_state_dict(state["stage1_generator"])
-
-    @torch.no_grad()
-    def preview(self):
-        if self.preview_batch is None:
-            return None
-        return caption_grid(self.sample(self.preview_batch, self._preview_z).float().cpu(), self.preview_captions)
+        return StackGAN(self.stage1_generator, self.ema.module)
 
     @torch.no_grad()
     def sample(self, batch, z=None):
