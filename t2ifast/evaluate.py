@@ -1,9 +1,11 @@
 """python -m t2ifast.evaluate — how well a finished run's images match their captions.
 
-On the synthetic set: the caption accuracy — an attribute classifier trained on the set's real images (cached)
-predicts the shape, colour, size, position and background of images generated from held-out captions; the
-same classifier on the real held-out images gives the ceiling. With --r-precision: AttnGAN's R-precision with
-the run's DAMSM text and image encoders (t2ifast.evaluation.r_precision). With an Inception weights file: IS and FID.
+Works on every GAN run (GAN-INT-CLS family, StackGAN, AttnGAN), with images drawn at the run's final resolution
+(`FinishedRun.generate`). On the synthetic set: the caption accuracy — an attribute classifier trained on the set's
+real images (cached) predicts the shape, colour, size, position and background of images generated from held-out
+captions; the same classifier on the real held-out images gives the ceiling. With --r-precision: AttnGAN's
+R-precision with the run's DAMSM text and image encoders (t2ifast.evaluation.r_precision). With an Inception
+weights file: IS and FID (the real images at the generated size).
 
     python -m t2ifast.evaluate runs/t2ifast                      # caption accuracy (synthetic set runs)
     python -m t2ifast.evaluate runs/t2ifast --r-precision --r-images 30000 --r-splits 10 --seed 0
@@ -25,6 +27,7 @@ from t2ifast.evaluation import (
     load_or_train_attribute_classifier,
 )
 from t2ifast.training.artifacts import load_damsm_encoders, load_run
+from t2ifast.training.config import image_sizes
 from t2ifast.visualize import accuracy_figure
 
 
@@ -39,15 +42,6 @@ def synthetic_caption_accuracy(folder, held_out, generate, config, device, *, ma
     result = caption_accuracy(generate, held_out, attributes, classifier, **options)
     ceiling = caption_accuracy_of_real_images(held_out, attributes, classifier, **options)
     return result, ceiling.as_dict()
-
-
-def _generated_from(run, device):
-    @torch.no_grad()
-    def generate(batch):
-        embedding = run.embed(batch, "right")
-        return run.generator(torch.randn(len(embedding), run.generator.z_dim, device=device), embedding)
-
-    return generate
 
 
 def main(argv=None):
@@ -87,19 +81,19 @@ def evaluate(args):
     torch.manual_seed(args.seed)
     run = load_run(args.run, args.device)
     config = run.config
+    size = max(image_sizes(config))  # of the final images, and of the synthetic set the run was trained on
     if config.data.path == "synthetic":
         folder = generate_synthetic(
-            Path(config.train.cache_dir).expanduser() / "synthetic", config.data.synthetic_images, 64,
+            Path(config.train.cache_dir).expanduser() / "synthetic", config.data.synthetic_images, size,
             config.data.synthetic_seed,
         )  # fmt: skip
     else:
         folder = Path(config.data.path).expanduser()
     held_out = open_dataset(folder, "test")
-    generate = _generated_from(run, args.device)
     report = {}
     if config.data.path == "synthetic":
         result, ceiling = synthetic_caption_accuracy(
-            folder, held_out, generate, config, args.device, max_samples=args.max_samples
+            folder, held_out, run.generate, config, args.device, max_samples=args.max_samples
         )
         report["caption_accuracy"] = {"generated": result.as_dict(), "real": ceiling}
         accuracy_figure(
@@ -111,7 +105,7 @@ def evaluate(args):
     if args.r_precision:
         text_encoder, image_encoder = load_damsm_encoders(args.run, args.device)
         result = evaluate_r_precision(
-            generate, text_encoder, image_encoder, held_out, num_images=args.r_images, candidates=args.r_candidates,
+            run.generate, text_encoder, image_encoder, held_out, num_images=args.r_images, candidates=args.r_candidates,
             k=args.r_k, splits=args.r_splits, seed=args.seed, device=args.device, max_words=config.data.max_words,
         )  # fmt: skip
         report["r_precision"] = result.as_dict()
@@ -119,11 +113,13 @@ def evaluate(args):
         from t2ifast.evaluation.inception_metrics import frechet_inception_distance, inception_score
 
         def batches(fake):
-            loader = make_loader(held_out, 50, backend="torch", shuffle=False, augment=False, num_workers=0)
+            loader = make_loader(
+                held_out, 50, backend="torch", sizes=(size,), shuffle=False, augment=False, num_workers=0
+            )
             seen = 0
             for batch in loader:
                 batch = batch.to(args.device)
-                yield generate(batch) if fake else batch.images[64]
+                yield run.generate(batch) if fake else batch.images[size]
                 seen += len(batch)
                 if seen >= args.max_samples:
                     break

@@ -2,8 +2,12 @@
 
     python -m t2ifast.sample runs/t2ifast "a small red circle on a black background" "a big blue star" -n 8
     python -m t2ifast.sample runs/t2ifast --interpolate "a red circle on white" "a blue square on black"
-    python -m t2ifast.sample runs/t2ifast --style-from photo1.jpg photo2.jpg --captions "a green star" "a pink box"
+    python -m t2ifast.sample runs/t2ifast "a green star" "a pink box" --style-from photo1.jpg photo2.jpg
+    python -m t2ifast.sample runs/attngan "a red circle on white" -n 4 --attention attention.png
 
+Captions → images works for every model (GAN-INT-CLS family, StackGAN at 256×256, AttnGAN at its last stage's
+size); `--attention` (AttnGAN) also draws each image's word-by-word attention maps. Text interpolation and style
+transfer need a GAN-INT-CLS-family run (style transfer one with a style encoder).
 Every picture is a PNG (captions under the images); `--out` names it, `--seed` fixes the noise.
 """
 
@@ -16,7 +20,8 @@ import torch
 from PIL import Image
 
 from t2ifast.training.artifacts import load_run
-from t2ifast.visualize import caption_grid, image_grid
+from t2ifast.training.gan_int_cls import VARIANTS
+from t2ifast.visualize import attention_grid, caption_grid, image_grid
 
 
 @torch.no_grad()
@@ -103,45 +108,70 @@ def main(argv=None):
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
     parser.add_argument("--out", default="samples.png", help="the PNG to write")
+    parser.add_argument("--attention", metavar="PNG", help="AttnGAN runs: also write the word attention maps here")
     args = parser.parse_args(argv)
     if args.per_caption < 1 or args.steps < 2:
         parser.error("--per-caption must be at least 1 and --steps at least 2")
+    if args.attention and (args.interpolate or args.style_from):
+        parser.error("--attention goes with captions → images, not with --interpolate or --style-from")
     try:
         run = load_run(args.run, args.device)
-        picture = _picture(run, args)
+        pictures = _pictures(run, args)
     except (FileNotFoundError, ValueError) as error:
         sys.exit(f"t2ifast.sample: {error}")
-    picture.save(args.out)
-    print(f"written {args.out}")
+    for path, picture in pictures.items():
+        picture.save(path)
+        print(f"written {path}")
 
 
-def _picture(run, args):
+def _require(run, args, option, models, needs):
+    if run.config.model not in models:
+        raise ValueError(f"{option} needs {needs}; {args.run} was trained with --model {run.config.model}")
+
+
+def _pictures(run, args):
+    """{path: picture} of what the arguments ask for."""
     torch.manual_seed(args.seed)
     generator, device = run.generator, args.device
     if args.interpolate:
-        start, end = run.embed_captions(list(args.interpolate), device)
+        _require(run, args, "--interpolate", VARIANTS, f"a gan-int-cls-family run ({', '.join(VARIANTS)})")
+        start, end = run.embed_captions(list(args.interpolate))
         z = torch.randn(2, generator.z_dim, device=device)
         rows = [text_interpolation(generator, start, end, z[i : i + 1], args.steps) for i in range(2)]
         label = f"{args.interpolate[0]} → {args.interpolate[1]}"
-        return image_grid(torch.cat(rows).float().cpu(), rows=2, columns=args.steps, row_labels=[label, label])
+        grid = image_grid(torch.cat(rows).float().cpu(), rows=2, columns=args.steps, row_labels=[label, label])
+        return {args.out: grid}
     if not args.captions:
         raise ValueError("give captions to draw, --interpolate A B, or --style-from IMAGES with captions")
-    embeddings = run.embed_captions(args.captions, device)
     if args.style_from:
+        _require(run, args, "--style-from", VARIANTS, "a run with a style encoder (gan-int-cls family)")
         if run.style_encoder is None:
             raise ValueError(f"{args.run} has no style encoder (train with gan.style_steps > 0)")
+        embeddings = run.embed_captions(args.captions)
         sources = torch.stack([_read_image(p) for p in args.style_from]).to(device)
         transferred = style_transfer(generator, run.style_encoder, sources, embeddings).float().cpu()
         rows = [torch.cat([sources[i : i + 1].cpu(), transferred[i * len(embeddings) : (i + 1) * len(embeddings)]])
                 for i in range(len(sources))]  # fmt: skip
-        return image_grid(
+        grid = image_grid(
             torch.cat(rows), rows=len(sources), columns=len(embeddings) + 1, column_labels=["source", *args.captions]
         )
-    repeated = embeddings.repeat_interleave(args.per_caption, 0)
-    with torch.no_grad():
-        images = generator(torch.randn(len(repeated), generator.z_dim, device=device), repeated).float().cpu()
+        return {args.out: grid}
+    if args.attention:
+        _require(run, args, "--attention", ("attngan",), "an attngan run (word attention maps)")
+        if run.config.attngan.stages == 1:
+            raise ValueError(f"--attention needs attngan.stages >= 2 (later stages attend to words); {args.run} has 1")
     captions = [c for c in args.captions for _ in range(args.per_caption)]
-    return caption_grid(images, captions, columns=args.per_caption)
+    batch = run.encode_captions(captions)
+    z = torch.randn(len(captions), run.z_dim, device=device)
+    if not args.attention:
+        return {args.out: caption_grid(run.generate(batch, z).float().cpu(), captions, columns=args.per_caption)}
+    images, attention = run.generate(batch, z, return_attention=True)
+    images = images.float().cpu()
+    words = [run.vocabulary.decode(row) for row in batch.captions.tolist()]  # the words the maps are over
+    return {
+        args.out: caption_grid(images, captions, columns=args.per_caption),
+        args.attention: attention_grid(images, attention[-1], words),
+    }
 
 
 if __name__ == "__main__":

@@ -34,7 +34,7 @@ from t2ifast.models.sentence_embeddings import (
 )
 from t2ifast.training import artifacts
 from t2ifast.training.attngan import AttnGANTask
-from t2ifast.training.config import MODELS, ConfigError, load_config, save_config
+from t2ifast.training.config import MODELS, ConfigError, has_stage2, image_sizes, load_config, save_config
 from t2ifast.training.damsm import DAMSMTask
 from t2ifast.training.gan_int_cls import VARIANTS, GANINTCLSTask, StyleEncoderTask
 from t2ifast.training.loop import TrainingDiverged, train
@@ -151,15 +151,6 @@ def run(config, runtime, *, resume=False):
         if style is not None:
             artifacts.save_weights(style.encoder, out / artifacts.STYLE_ENCODER)
         finish(config, folder, task, style, embed, runtime, out)
-
-
-def image_sizes(config):
-    """The image sizes a model trains on (the loader's outputs; the largest is the synthetic set's size)."""
-    if config.model == "attngan":
-        return tuple(64 * 2**i for i in range(config.attngan.stages))
-    if config.model == "stackgan" and config.stackgan.stage2_steps > 0:
-        return (64, 256)
-    return (config.data.image_size,)
 
 
 def dataset_folder(config, runtime):
@@ -310,7 +301,7 @@ def train_stackgan(config, dataset, embed, runtime, out, *, resume):
     else:
         task = StackGANTask(config, embed, runtime, stage=1, **_preview(dataset, runtime))
         train(task, loader, runtime, **_train_kwargs(config, loader, out, resume))
-        if config.stackgan.stage2_steps == 0:
+        if not has_stage2(config):
             return task
         stage1 = task.sampler
         if runtime.is_main:

@@ -1,4 +1,5 @@
-"""StackGAN: both generators and their discriminators, one training step of each stage, resume, bad input."""
+"""StackGAN: both generators and their discriminators, one training step of each stage, resume, bad input, and
+the generator a run saves."""
 
 import io
 import math
@@ -9,10 +10,10 @@ import torch
 from t2ifast.data.loader import Batch
 from t2ifast.models.conditioning_augmentation import kl_loss
 from t2ifast.models.matching_aware_discriminator import MatchingAwareDiscriminator
-from t2ifast.models.stackgan import StackGANOutput, StackGANStage1Generator, StackGANStage2Generator
+from t2ifast.models.stackgan import StackGAN, StackGANOutput, StackGANStage1Generator, StackGANStage2Generator
 from t2ifast.training.config import load_config
 from t2ifast.training.runtime import Runtime
-from t2ifast.training.stackgan import StackGANTask, build_stage1_generator
+from t2ifast.training.stackgan import StackGANTask, build_stackgan_sampler, build_stage1_generator
 
 EMBEDDING_DIM, B = 12, 4
 TINY = [
@@ -177,3 +178,14 @@ def test_state_dict_round_trip_resumes_to_the_same_next_steps():
     assert got == expected
     for name, tensor in task.state_dict()["ema"].items():
         torch.testing.assert_close(resumed.state_dict()["ema"][name], tensor, rtol=0, atol=0)
+
+
+def test_the_sampler_builder_builds_what_the_last_stage_saves():
+    """build_stackgan_sampler (for load_run) has the layout of the last stage's sampler (generator.safetensors)."""
+    stage1_only = build_stackgan_sampler(_config("stackgan.stage2_steps=0"), EMBEDDING_DIM)
+    assert isinstance(stage1_only, StackGANStage1Generator)
+    assert stage1_only.state_dict().keys() == _task(1).sampler.state_dict().keys()
+    both = build_stackgan_sampler(_config(), EMBEDDING_DIM)
+    assert isinstance(both, StackGAN) and both.state_dict().keys() == _task(2).sampler.state_dict().keys()
+    on_a_given_stage1 = _config("stackgan.stage2_steps=0", "stackgan.stage1_generator=stage1.safetensors")
+    assert isinstance(build_stackgan_sampler(on_a_given_stage1, EMBEDDING_DIM), StackGAN)

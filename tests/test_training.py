@@ -1,4 +1,5 @@
-"""The GAN-INT-CLS training system: models, steps, resume, divergence, and the whole command line."""
+"""The GAN-INT-CLS training system: models, steps, resume, divergence, and the whole command line (StackGAN and
+AttnGAN too: training, then sampling and evaluating their run folders)."""
 
 import json
 import math
@@ -10,16 +11,21 @@ import time
 
 import pytest
 import torch
+from safetensors.torch import load_file
 
+from t2ifast import sample
 from t2ifast.data import generate_synthetic, make_loader, open_dataset
 from t2ifast.models.sentence_embeddings import DAMSMSentenceEmbeddings
 from t2ifast.models.text_conditioned_generator import StyleEncoder, TextConditionedGenerator
 from t2ifast.models.text_encoder import TextEncoder
 from t2ifast.training import checkpoint
+from t2ifast.training.artifacts import load_damsm_encoders, load_run
+from t2ifast.training.attngan import AttnGANTask
 from t2ifast.training.config import load_config
 from t2ifast.training.gan_int_cls import GANINTCLSTask
 from t2ifast.training.loop import TrainingDiverged, train
 from t2ifast.training.runtime import Runtime
+from t2ifast.training.stackgan import StackGANTask, build_stage1_generator
 
 TINY = [
     "gan.ngf=8",
@@ -184,20 +190,28 @@ def test_the_main_job_end_to_end(tmp_path):
     assert '"caption_accuracy"' in evaluation.stdout and '"r_precision"' in evaluation.stdout
 
 
-@pytest.mark.parametrize(
-    ("model", "settings", "checkpoints", "pictures"),
-    [
-        ("stackgan", ["stackgan.stage2_steps=2", "stackgan.condition_dim=8"], ["stackgan-stage1", "stackgan-stage2"],
-         ["samples.png", "stage1_generator.safetensors"]),
-        ("attngan", ["attngan.stages=3", "attngan.condition_dim=8"], ["attngan"], ["samples.png", "attention.png"]),
-    ],
-)  # fmt: skip
-def test_the_multi_stage_models_end_to_end(tmp_path, model, settings, checkpoints, pictures):
-    """--model stackgan|attngan on the synthetic set at 256×256: every phase, the pictures, the evaluation."""
-    out, cache = tmp_path / "run", tmp_path / "cache"
-    overrides = [item for setting in settings for item in ("--set", setting)]
+MULTI_STAGE = {  # model -> (settings, checkpoint folders, pictures)
+    "stackgan": (["stackgan.stage2_steps=2", "stackgan.condition_dim=8"], ["stackgan-stage1", "stackgan-stage2"],
+                 ["samples.png", "stage1_generator.safetensors"]),
+    "attngan": (["attngan.stages=3", "attngan.condition_dim=8"], ["attngan"], ["samples.png", "attention.png"]),
+}  # fmt: skip
+
+
+@pytest.fixture(scope="module", params=sorted(MULTI_STAGE))
+def multi_stage_run(request, tmp_path_factory):
+    """(model, run folder, cache folder) of a tiny --model stackgan|attngan run on the synthetic set at 256×256."""
+    model = request.param
+    out, cache = tmp_path_factory.mktemp(model) / "run", tmp_path_factory.mktemp(f"{model}-cache")
+    overrides = [item for setting in MULTI_STAGE[model][0] for item in ("--set", setting)]
     result = _run(_train_command(out, cache, "--model", model, "--steps", "2", "--batch-size", "4", *overrides))
     assert result.returncode == 0, result.stderr[-3000:]
+    return model, out, cache
+
+
+def test_the_multi_stage_models_end_to_end(multi_stage_run):
+    """--model stackgan|attngan on the synthetic set at 256×256: every phase, the pictures, the evaluation."""
+    model, out, cache = multi_stage_run
+    _, checkpoints, pictures = MULTI_STAGE[model]
     for name in ("generator.safetensors", "image_encoder.safetensors", "evaluation.json", *pictures):
         assert (out / name).is_file(), name
     for name in checkpoints:
@@ -205,6 +219,72 @@ def test_the_multi_stage_models_end_to_end(tmp_path, model, settings, checkpoint
     report = json.loads((out / "evaluation.json").read_text())
     assert set(report) == {"caption_accuracy", "r_precision"}
     assert next((cache / "synthetic").glob("shapes-256px-*")).is_dir()  # generated at the last stage's size
+
+
+def _last_task(model, out):
+    """The run's last training task, restored from its final checkpoint."""
+    config = load_config(out / "config.yaml")
+    runtime = Runtime(torch.device("cpu"))
+    text_encoder, image_encoder = load_damsm_encoders(out)
+    if model == "stackgan":
+        embed = DAMSMSentenceEmbeddings(text_encoder)
+        stage1 = build_stage1_generator(config, embed.embedding_dim)
+        task = StackGANTask(config, embed, runtime, stage=2, stage1_generator=stage1)
+    else:
+        task = AttnGANTask(config, text_encoder, image_encoder, runtime)
+    state = checkpoint.load_checkpoint(out / "checkpoints" / task.name / "checkpoint-000000002.pt", restore_rng=False)
+    task.load_state_dict(state["task"])
+    return task
+
+
+def test_a_multi_stage_run_folder_generates_what_its_task_samples(multi_stage_run):
+    model, out, _ = multi_stage_run
+    run = load_run(out)
+    task = _last_task(model, out)
+    captions = ["a red circle on white", "a big blue star", "a small green square on a black background"]
+    batch = run.encode_captions(captions)
+    z = torch.randn(len(captions), run.z_dim, generator=torch.Generator().manual_seed(0))
+    expected = task.sample(batch, z)
+    assert expected.shape == (3, 3, 256, 256)
+    torch.testing.assert_close(run.generate(batch, z), expected, rtol=0, atol=0)
+    torch.testing.assert_close(run.generate_captions(captions, z), expected, rtol=0, atol=0)
+    if model == "stackgan":  # generator.safetensors holds both stages, Stage I as stage1_generator.safetensors
+        stage1 = load_file(out / "stage1_generator.safetensors")
+        torch.testing.assert_close(run.generator.stage1.state_dict(), stage1, rtol=0, atol=0)
+        with pytest.raises(ValueError, match="return_attention needs an attngan run; this one has model stackgan"):
+            run.generate(batch, z, return_attention=True)
+    else:
+        images, attention = run.generate(batch, z, return_attention=True)
+        expected_images, expected_attention = task.sample(batch, z, return_attention=True)
+        torch.testing.assert_close(images, expected_images, rtol=0, atol=0)
+        assert [tuple(a.shape) for a in attention] == [(3, batch.captions.shape[1], s, s) for s in (64, 128)]
+        torch.testing.assert_close(attention, expected_attention, rtol=0, atol=0)
+
+
+def test_sample_and_evaluate_a_multi_stage_run_folder(multi_stage_run, tmp_path):
+    model, out, cache = multi_stage_run
+    attention = ["--attention", str(tmp_path / "attention.png")] if model == "attngan" else []
+    drawn = _run([sys.executable, "-m", "t2ifast.sample", str(out), "a red circle", "a blue star", "-n", "2",
+                  "--device", "cpu", "--out", str(tmp_path / "s.png"), *attention])  # fmt: skip
+    assert drawn.returncode == 0, drawn.stderr[-2000:]
+    assert (tmp_path / "s.png").is_file() and (model != "attngan" or (tmp_path / "attention.png").is_file())
+    common = [str(out), "a red circle", "--device", "cpu", "--out", str(tmp_path / "x.png")]
+    with pytest.raises(SystemExit, match=rf"--interpolate needs a gan-int-cls-family run .*--model {model}"):
+        sample.main([*common, "--interpolate", "a red circle", "a blue star"])
+    with pytest.raises(SystemExit, match=rf"--style-from needs a run with a style encoder .*--model {model}"):
+        sample.main([*common, "--style-from", str(tmp_path / "s.png")])
+    if model == "stackgan":
+        with pytest.raises(SystemExit, match=r"--attention needs an attngan run .*--model stackgan"):
+            sample.main([*common, "--attention", str(tmp_path / "a.png")])
+    assert not (tmp_path / "x.png").exists()
+
+    evaluation = _run([sys.executable, "-m", "t2ifast.evaluate", str(out), "--max-samples", "8", "--device", "cpu",
+                       "--r-precision", "--r-images", "8", "--r-splits", "2", "--r-candidates", "5"])  # fmt: skip
+    assert evaluation.returncode == 0, evaluation.stderr[-2000:]
+    report = json.loads((out / "evaluation.json").read_text())
+    assert 0.0 <= report["caption_accuracy"]["generated"]["colour"] <= 1.0 and report["r_precision"]["count"] == 8
+    sets = [p.name for p in (cache / "synthetic").iterdir()]
+    assert len(sets) == 1 and sets[0].startswith("shapes-256px-"), sets  # the set the run trained on, no other
 
 
 def test_bad_configuration_is_a_clear_error(tmp_path):

@@ -5,7 +5,8 @@ A run folder holds, beside its checkpoints:
     vocabulary.json             the caption vocabulary (index -> word)
     text_encoder.safetensors    the DAMSM text encoder (text.source = damsm)
     image_encoder.safetensors   the DAMSM image encoder pretrained with it (for R-precision; when saved)
-    generator.safetensors       the EMA generator
+    generator.safetensors       the EMA generator (StackGAN: Stage I, or both stages as one StackGAN module)
+    stage1_generator.safetensors  StackGAN's Stage I alone (for stackgan.stage1_generator of another run)
     style_encoder.safetensors   the style encoder S (when trained)
 Weights are safetensors files written atomically: reading them never runs code.
 """
@@ -26,7 +27,10 @@ from t2ifast.models.image_encoder import ImageEncoder, InceptionImageEncoder
 from t2ifast.models.sentence_embeddings import DAMSMSentenceEmbeddings, MiniLMSentenceEmbeddings
 from t2ifast.models.text_conditioned_generator import StyleEncoder
 from t2ifast.models.text_encoder import TextEncoder
+from t2ifast.training.attngan import build_attngan_generator, sample_attngan
 from t2ifast.training.config import ConfigError, load_config
+from t2ifast.training.gan_int_cls import build_generator
+from t2ifast.training.stackgan import build_stackgan_sampler
 
 TEXT_ENCODER, IMAGE_ENCODER, GENERATOR, STYLE_ENCODER, VOCABULARY = (
     "text_encoder.safetensors",
@@ -152,20 +156,67 @@ def encode_captions(captions, vocabulary, max_words, device):
 
 @dataclass
 class FinishedRun:
+    """The models of a finished GAN run (see `load_run`), in eval mode on `device`.
+
+    `generate(batch, z)` draws final-resolution images for any model: 64×64 for the GAN-INT-CLS family,
+    Stage II's 256×256 for StackGAN (Stage I's 64×64 when the run had no Stage II), the last stage's for AttnGAN.
+    """
+
     config: object
     vocabulary: Vocabulary
-    embed: object  # sentence embeddings: (batch, which) -> [B, E]
-    generator: torch.nn.Module
+    device: torch.device
+    generator: torch.nn.Module  # generator.safetensors, rebuilt by the builder its training uses
+    embed: object | None  # sentence embeddings (batch, which) -> [B, E]; None for AttnGAN, see text_encoder
+    text_encoder: torch.nn.Module | None  # AttnGAN's DAMSM text encoder (word and sentence features), else None
     style_encoder: torch.nn.Module | None
 
-    def embed_captions(self, captions, device):
-        return self.embed(encode_captions(captions, self.vocabulary, self.config.data.max_words, device), "right")
+    @property
+    def z_dim(self):
+        return self.config.gan.z_dim
+
+    def encode_captions(self, captions):
+        """Free-text captions as a caption batch on the run's device (see `encode_captions`)."""
+        return encode_captions(captions, self.vocabulary, self.config.data.max_words, self.device)
+
+    def embed_captions(self, captions):
+        """The sentence embeddings [B, E] of free-text captions (GAN-INT-CLS family and StackGAN runs)."""
+        return self.embed(self.encode_captions(captions), "right")
+
+    @torch.no_grad()
+    def generate(self, batch, z=None, *, return_attention=False):
+        """Final-resolution images [B, 3, S, S] in [-1, 1] for a caption batch on the run's device (a Batch, or
+        `encode_captions`'s), as the run's training task samples them. z: the noise [B, z_dim], drawn when None.
+        AttnGAN runs only: with ``return_attention=True`` the pair (images, attention) of `sample_attngan`."""
+        if self.config.model == "attngan":
+            return sample_attngan(self.generator, self.text_encoder, batch, z, return_attention=return_attention)
+        if return_attention:
+            raise ValueError(f"return_attention needs an attngan run; this one has model {self.config.model}")
+        embedding = self.embed(batch, "right")
+        if z is None:
+            z = torch.randn(len(embedding), self.z_dim, device=embedding.device)
+        images = self.generator(z, embedding)
+        return images.image if self.config.model == "stackgan" else images
+
+    def generate_captions(self, captions, z=None, *, return_attention=False):
+        """`generate` for free-text captions."""
+        return self.generate(self.encode_captions(captions), z, return_attention=return_attention)
+
+
+def _sentence_embeddings(config, vocabulary, run_dir, device):
+    if config.text.source == "damsm":
+        return DAMSMSentenceEmbeddings(_load_text_encoder(config, vocabulary, run_dir, device))
+    if config.text.source == "minilm":
+        return MiniLMSentenceEmbeddings(vocabulary)
+    raise ConfigError("sampling from free text needs a text encoder: this run used precomputed embeddings")
+
+
+def _load_text_encoder(config, vocabulary, run_dir, device):
+    return load_weights(build_text_encoder(config, len(vocabulary)), run_dir / TEXT_ENCODER).to(device).eval()
 
 
 def load_run(run_dir, device="cpu"):
-    """The models of a finished GAN run, in eval mode on `device`."""
-    from t2ifast.training.gan_int_cls import build_generator  # the GAN floor imports this module's helpers
-
+    """The models of a finished GAN-INT-CLS-family, StackGAN or AttnGAN run as a FinishedRun, in eval mode on
+    `device`; the generator is built by the builder its training uses, for the run's config.model."""
     run_dir = Path(run_dir)
     if not (run_dir / "config.yaml").is_file():
         raise FileNotFoundError(f"{run_dir} is not a t2ifast run folder (no config.yaml)")
@@ -173,16 +224,18 @@ def load_run(run_dir, device="cpu"):
     if config.model == "damsm":
         raise ConfigError(f"{run_dir} is a DAMSM pretraining run: it has no generator to sample from")
     vocabulary = load_vocabulary(run_dir / VOCABULARY)
-    if config.text.source == "damsm":
-        text_encoder = load_weights(build_text_encoder(config, len(vocabulary)), run_dir / TEXT_ENCODER)
-        embed = DAMSMSentenceEmbeddings(text_encoder.to(device))
-    elif config.text.source == "minilm":
-        embed = MiniLMSentenceEmbeddings(vocabulary)
+    device = torch.device(device)
+    embed = text_encoder = None
+    if config.model == "attngan":  # on the DAMSM's word and sentence features, whatever text.source says
+        text_encoder = _load_text_encoder(config, vocabulary, run_dir, device)
+        generator = build_attngan_generator(config, text_encoder.hidden_dim)
     else:
-        raise ConfigError("sampling from free text needs a text encoder: this run used precomputed embeddings")
-    generator = load_weights(build_generator(config, embed.embedding_dim), run_dir / GENERATOR).to(device).eval()
+        embed = _sentence_embeddings(config, vocabulary, run_dir, device)
+        build = build_stackgan_sampler if config.model == "stackgan" else build_generator
+        generator = build(config, embed.embedding_dim)
+    generator = load_weights(generator, run_dir / GENERATOR).to(device).eval()
     style_encoder = None
     if (run_dir / STYLE_ENCODER).is_file():
         style_encoder = StyleEncoder(z_dim=config.gan.z_dim, ndf=config.gan.ndf)
         style_encoder = load_weights(style_encoder, run_dir / STYLE_ENCODER).to(device).eval()
-    return FinishedRun(config, vocabulary, embed, generator, style_encoder)
+    return FinishedRun(config, vocabulary, device, generator, embed, text_encoder, style_encoder)

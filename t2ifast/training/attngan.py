@@ -53,13 +53,32 @@ def build_attngan_generator(config, word_dim):
     )
 
 
+@torch.no_grad()
+def sample_attngan(generator, text_encoder, batch, z=None, *, return_attention=False):
+    """Final-stage images [B, 3, S, S] of an AttnGAN generator for a batch's captions (anything with ``captions``
+    and ``caption_lengths`` on the models' device), from the word and sentence features of the DAMSM text encoder
+    it was trained with; both modules are put in eval mode. z: the noise [B, z_dim], drawn when None. With
+    ``return_attention=True`` the pair (images, attention), attention being the list of word attention maps
+    ``[B, T, H, W]`` of each stage i >= 1 (empty for a one-stage model; the last is the final stage's)."""
+    text_encoder.eval()
+    generator.eval()
+    words, sentence = text_encoder(batch.captions, batch.caption_lengths)
+    pad_mask = pad_mask_of(batch.caption_lengths.to(words.device), words.shape[2])
+    if z is None:
+        z = torch.randn(len(sentence), generator.z_dim, device=sentence.device)
+    out = generator(z, sentence.float(), words.float(), pad_mask, return_attention=return_attention)
+    if return_attention:
+        return out.images[-1], out.attention
+    return out.images[-1]
+
+
 def _freeze(module, device):
     return module.to(device).eval().requires_grad_(False)
 
 
 class TextFeatures:
     """The frozen DAMSM text features of a batch: words [B, D, T], sentence [B, D], pad_mask [B, T] and the
-    wrong captions' sentence [B, D] (None when not computed)."""
+    wrong captions' sentence [B, D]."""
 
     def __init__(self, words, sentence, pad_mask, wrong):
         self.words, self.sentence, self.pad_mask, self.wrong = words, sentence, pad_mask, wrong
@@ -109,12 +128,12 @@ class AttnGANTask(GANTask):
         self._preview_z = None if preview_batch is None else torch.randn(len(preview_batch), gan.z_dim, device=device)
 
     @torch.no_grad()
-    def text_features(self, batch, *, wrong=True):
+    def text_features(self, batch):
         """TextFeatures of a batch from the frozen text encoder; the right and wrong captions in one call."""
         if self.text_encoder.training:  # frozen means no dropout, whatever was done to the module since
             self.text_encoder.eval()
         captions, lengths = batch.captions, batch.caption_lengths
-        with_wrong = wrong and self.config.gan.wrong_pairs == "class"
+        with_wrong = self.config.gan.wrong_pairs == "class"
         if with_wrong:
             if batch.wrong_captions.shape != captions.shape:
                 raise ValueError(
@@ -127,9 +146,7 @@ class AttnGANTask(GANTask):
         batch_size = len(batch.captions)
         pad_mask = pad_mask_of(batch.caption_lengths.to(words.device), words.shape[2])
         words, sentence, wrong_sentence = words[:batch_size], sentence[:batch_size], sentence[batch_size:]
-        if not wrong:
-            wrong_sentence = None
-        elif not with_wrong:
+        if not with_wrong:
             wrong_sentence = sentence.roll(1, dims=0)
         return TextFeatures(words.float(), sentence.float(), pad_mask, wrong_sentence)
 
@@ -265,15 +282,7 @@ class AttnGANTask(GANTask):
         """Final-stage images [B, 3, S, S] of the EMA generator for a batch's captions; with
         ``return_attention=True`` the pair (images, attention), attention being the list of word attention
         maps ``[B, T, H, W]`` of each stage i >= 1 (empty for a one-stage model; the last is the final stage's)."""
-        text = self.text_features(batch, wrong=False)
-        if z is None:
-            z = torch.randn(len(text.sentence), self.config.gan.z_dim, device=text.sentence.device)
-        generator = self.sampler
-        generator.eval()
-        out = generator(z, text.sentence, text.words, text.pad_mask, return_attention=return_attention)
-        if return_attention:
-            return out.images[-1], out.attention
-        return out.images[-1]
+        return sample_attngan(self.sampler, self.text_encoder, batch, z, return_attention=return_attention)
 
 
-__all__ = ["AttnGANTask", "build_attngan_generator"]
+__all__ = ["AttnGANTask", "build_attngan_generator", "sample_attngan"]

@@ -304,3 +304,17 @@ def validate(config):
             f"eval.r_precision_images ({config.eval.r_precision_images}) must be at least eval.r_precision_splits "
             f"({config.eval.r_precision_splits}), or 0 to skip R-precision"
         )
+
+
+def has_stage2(config):
+    """Whether a StackGAN run of `config` ends with Stage II: trained after Stage I, or on a given Stage I."""
+    return config.stackgan.stage2_steps > 0 or bool(config.stackgan.stage1_generator)
+
+
+def image_sizes(config):
+    """The image sizes a model trains on (the loader's outputs; the largest is the synthetic set's size)."""
+    if config.model == "attngan":
+        return tuple(64 * 2**i for i in range(config.attngan.stages))
+    if config.model == "stackgan" and has_stage2(config):
+        return (64, 256)
+    return (config.data.image_size,)

@@ -17,6 +17,7 @@ from t2ifast.models.conditioning_augmentation import kl_loss
 from t2ifast.models.matching_aware_discriminator import MatchingAwareDiscriminator
 from t2ifast.models.stackgan import StackGAN, StackGANStage1Generator, StackGANStage2Generator
 from t2ifast.ops import generator_loss, matching_aware_loss
+from t2ifast.training.config import has_stage2
 from t2ifast.training.ema import GeneratorEMA
 from t2ifast.training.gan_int_cls import PairScorer, wrong_embeddings
 from t2ifast.training.gan_task import GANTask
@@ -38,6 +39,15 @@ def build_stage2_generator(config, embedding_dim):
         ngf=config.gan.ngf,
         residual_blocks=stackgan.residual_blocks,
     )
+
+
+def build_stackgan_sampler(config, embedding_dim):
+    """The generator a StackGAN run saves (the last stage's `StackGANTask.sampler`), untrained: Stage I alone, or
+    both stages as one StackGAN when the run has a Stage II."""
+    stage1 = build_stage1_generator(config, embedding_dim)
+    if not has_stage2(config):
+        return stage1
+    return StackGAN(stage1, build_stage2_generator(config, embedding_dim))
 
 
 class StackGANTask(GANTask):
