@@ -84,6 +84,35 @@ def test_steps_lower_the_discriminator_loss_on_a_fixed_batch(shapes, model):
     assert last < 0.7 * first, (first, last)
 
 
+@pytest.mark.parametrize("model", ["gan-int-cls", "gan"])
+def test_the_generator_loss_scores_interpolated_fakes_in_their_own_discriminator_call(shapes, model):
+    """D's BatchNorm normalises each call's batch: the B fakes of the captions and the B/2 interpolated ones are
+    scored in separate calls (as in the authors' code), never as one batch of 3B/2."""
+    _, dataset = shapes
+    config = load_config(overrides=[*TINY, f"model={model}"])
+    torch.manual_seed(0)
+    task = GANINTCLSTask(config, _embed(dataset), Runtime(torch.device("cpu")))
+    batch = next(iter(_loader(dataset)))
+    calls, score = [], task.discriminator.forward
+
+    def recorded(images, embedding):
+        logits = score(images, embedding)
+        calls.append((images.detach().clone(), embedding.clone(), logits.detach().clone()))
+        return logits
+
+    task.discriminator.forward = recorded
+    g_loss = task.train_step(batch)["g_loss"]
+    b = config.train.batch_size
+    assert [len(images) for images, _, _ in calls] == ([b, b // 2] if model == "gan-int-cls" else [b])
+    # each call's logits are those of D on that group alone, and the loss is over all of them
+    task.discriminator.forward = score
+    for images, embedding, logits in calls:
+        expected = score(images, embedding)  # D in training mode: this group's own batch statistics
+        torch.testing.assert_close(logits, expected.detach())
+    expected_loss = torch.nn.functional.softplus(-torch.cat([logits for _, _, logits in calls])).mean()
+    torch.testing.assert_close(g_loss.detach(), expected_loss)
+
+
 def _recording(task):
     seen = []
     step = task.train_step

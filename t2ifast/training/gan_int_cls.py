@@ -6,7 +6,8 @@ One step, with B real images, their captions' embeddings t ("right") and mismatc
 2. the discriminator scores (real, t) → 1, (real, t̂) → 0 (GAN-CLS only) and (fake, t) → 0 with its trunk
    run once per image set (`MatchingAwareDiscriminator.score_pairs`) and the fused `matching_aware_loss`;
    the interpolated fakes are never scored here (no real image exists for them);
-3. the generator minimises −log D(fake, text) over all its fakes, interpolated ones included.
+3. the generator minimises −log D(fake, text) over all its fakes, interpolated ones included (scored by D in
+   a call of their own: BatchNorm statistics per kind of batch, as in step 2).
 An exponential moving average of G's weights is kept and used for every sample.
 """
 
@@ -105,11 +106,15 @@ class GANINTCLSTask(GANTask):
         self.d_optimizer.step()
 
         # generator: every fake, interpolated ones included, scored by the updated D with its text. D's own
-        # parameters are frozen for this pass (and it is called outside DDP: it has no gradients to share)
+        # parameters are frozen for this pass (and it is called outside DDP: it has no gradients to share).
+        # The interpolated fakes go through D in their own call, as in the authors' code: D's BatchNorm
+        # normalises each call's batch, and D only ever learnt on batches of one kind; scored in one batch with
+        # the others, they shift its statistics and D's verdict on every fake with them.
         self.discriminator.requires_grad_(False)
         try:
             with self.runtime.autocast():
-                s_generated = self.discriminator(fakes, conditions)
+                groups = zip(fakes.split(len(real)), conditions.split(len(real)), strict=True)
+                s_generated = torch.cat([self.discriminator(images, text) for images, text in groups])
             g_loss = generator_loss(s_generated.float())
             self.g_optimizer.zero_grad(set_to_none=True)
             g_loss.backward()
