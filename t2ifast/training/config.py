@@ -42,10 +42,12 @@ class DataConfig:
 @dataclass
 class TextConfig:
     source: str = "damsm"  # the sentence embedding φ(t): damsm (pretrained here), precomputed (dataset file), minilm
-    embedding_dim: int = 256  # DAMSM: the bi-LSTM's hidden size = the sentence and word feature size
+    # DAMSM: the bi-LSTM's hidden size = the sentence and word feature size. 256 in AttnGAN (its configs here say
+    # so); 128 by default, which halves a CPU DAMSM step, so the default job affords 200 steps of it
+    embedding_dim: int = 128
     word_embedding_dim: int = 300
     encoder: str | None = None  # a DAMSM checkpoint to use instead of pretraining one
-    pretrain_steps: int = 120  # about 2.7 min on a 2-core CPU: the default job must fit in 10 minutes
+    pretrain_steps: int = 200  # about 2.5 min on a 2-core CPU: the default job must fit in 10 minutes
     pretrain_batch_size: int = 48
     pretrain_lr: float = 2e-3
     image_encoder_width: int = 32
