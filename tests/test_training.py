@@ -19,7 +19,7 @@ from t2ifast.models.sentence_embeddings import DAMSMSentenceEmbeddings
 from t2ifast.models.text_conditioned_generator import StyleEncoder, TextConditionedGenerator
 from t2ifast.models.text_encoder import TextEncoder
 from t2ifast.training import checkpoint
-from t2ifast.training.artifacts import load_damsm_encoders, load_run
+from t2ifast.training.artifacts import load_damsm_encoders, load_run, load_weights, save_weights
 from t2ifast.training.attngan import AttnGANTask
 from t2ifast.training.config import load_config
 from t2ifast.training.gan_int_cls import GANINTCLSTask
@@ -111,6 +111,14 @@ def test_the_generator_loss_scores_interpolated_fakes_in_their_own_discriminator
         torch.testing.assert_close(logits, expected.detach())
     expected_loss = torch.nn.functional.softplus(-torch.cat([logits for _, _, logits in calls])).mean()
     torch.testing.assert_close(g_loss.detach(), expected_loss)
+
+
+def test_weights_that_do_not_fit_their_module_are_a_clear_error(tmp_path):
+    save_weights(torch.nn.Linear(2, 3), tmp_path / "generator.safetensors")
+    loaded = load_weights(torch.nn.Linear(2, 3), tmp_path / "generator.safetensors")
+    assert loaded.weight.shape == (3, 2)
+    with pytest.raises(ValueError, match=r"(?s)generator.safetensors does not fit the Linear .*size mismatch"):
+        load_weights(torch.nn.Linear(2, 4), tmp_path / "generator.safetensors")
 
 
 def _recording(task):

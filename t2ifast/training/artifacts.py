@@ -57,10 +57,17 @@ def save_weights(module, path):
 
 
 def load_weights(module, path):
+    """Load a safetensors file into `module`. A file that does not fit the module (a run folder whose config.yaml
+    was edited, or weights of another model) raises ValueError naming the file, not torch's RuntimeError."""
     path = Path(path)
     if not path.is_file():
         raise FileNotFoundError(f"weights file {path} does not exist")
-    module.load_state_dict(load_file(str(path)))
+    try:
+        module.load_state_dict(load_file(str(path)))
+    except RuntimeError as error:
+        raise ValueError(
+            f"weights file {path} does not fit the {type(module).__name__} its run's config.yaml describes: {error}"
+        ) from None
     return module
 
 
