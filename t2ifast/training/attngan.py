@@ -37,7 +37,7 @@ from t2ifast.models.image_encoder import resize_images
 from t2ifast.ops import generator_loss, matching_aware_loss
 from t2ifast.training.ema import GeneratorEMA
 from t2ifast.training.gan_int_cls import PairScorer
-from t2ifast.training.gan_task import GANTask
+from t2ifast.training.gan_task import GANTask, frozen, pair_loss, update
 from t2ifast.training.runtime import distributed
 
 
@@ -124,8 +124,7 @@ class AttnGANTask(GANTask):
         if train.compile:
             self._generate = torch.compile(self._generate)
             self._score_pairs = [torch.compile(scorer) for scorer in self._score_pairs]
-        self.preview_batch, self.preview_captions = preview_batch, list(preview_captions)
-        self._preview_z = None if preview_batch is None else torch.randn(len(preview_batch), gan.z_dim, device=device)
+        self._init_preview(preview_batch, preview_captions, gan.z_dim, device)
 
     @torch.no_grad()
     def text_features(self, batch):
@@ -200,9 +199,7 @@ class AttnGANTask(GANTask):
         ):
             with self.runtime.autocast():
                 scores = score_pairs(real, fake.detach(), text.sentence, text.wrong)
-            cond = matching_aware_loss(
-                scores.real.float(), scores.wrong.float(), scores.fake.float(), smoothing=smoothing
-            )
+            cond = pair_loss(scores, smoothing)
             uncond = matching_aware_loss(
                 scores.real_unconditional.float(),
                 scores.real.new_empty(0, dtype=torch.float32),
@@ -210,16 +207,13 @@ class AttnGANTask(GANTask):
                 smoothing=smoothing,
             )
             d_loss = (uncond.real + cond.real) / 2 + (uncond.fake + cond.fake + cond.wrong) / 3
-            optimizer.zero_grad(set_to_none=True)
-            d_loss.backward()
-            optimizer.step()
+            update(optimizer, d_loss)
             losses[f"d_loss_{size}"] = d_loss.detach()
             d_total = d_total + d_loss.detach()
 
-        # generator: every D frozen (and called outside DDP: it has no gradients to share)
+        # generator: through every D, frozen
         attngan = self.config.attngan
-        self.discriminators.requires_grad_(False)
-        try:
+        with frozen(self.discriminators):
             g_adversarial = 0.0
             for fake, discriminator in zip(fakes, self.discriminators, strict=True):
                 with self.runtime.autocast():
@@ -233,11 +227,7 @@ class AttnGANTask(GANTask):
             g_damsm = word + sentence
             g_kl = kl_loss(out.mu.float(), out.logvar.float())
             g_loss = g_adversarial + attngan.damsm_weight * g_damsm + attngan.kl_weight * g_kl
-            self.g_optimizer.zero_grad(set_to_none=True)
-            g_loss.backward()
-            self.g_optimizer.step()
-        finally:
-            self.discriminators.requires_grad_(True)
+            update(self.g_optimizer, g_loss)
         self.ema.update(self.generator)
         losses.update(
             d_loss=d_total,

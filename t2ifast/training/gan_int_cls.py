@@ -18,9 +18,9 @@ from torch import nn
 
 from t2ifast.models.matching_aware_discriminator import MatchingAwareDiscriminator
 from t2ifast.models.text_conditioned_generator import StyleEncoder, TextConditionedGenerator
-from t2ifast.ops import generator_loss, matching_aware_loss
+from t2ifast.ops import generator_loss
 from t2ifast.training.ema import GeneratorEMA
-from t2ifast.training.gan_task import GANTask
+from t2ifast.training.gan_task import GANTask, frozen, pair_loss, update
 from t2ifast.training.runtime import distributed
 
 VARIANTS = {  # model name -> (matching-aware pairs, interpolated text)
@@ -75,8 +75,7 @@ class GANINTCLSTask(GANTask):
         if train.compile:
             self._generate = torch.compile(self._generate)
             self._score_pairs = torch.compile(self._score_pairs)
-        self.preview_batch, self.preview_captions = preview_batch, list(preview_captions)
-        self._preview_z = None if preview_batch is None else torch.randn(len(preview_batch), gan.z_dim, device=device)
+        self._init_preview(preview_batch, preview_captions, gan.z_dim, device)
 
     def texts(self, batch):
         """(right, wrong or None) sentence embeddings of a batch."""
@@ -99,28 +98,18 @@ class GANINTCLSTask(GANTask):
         # discriminator: (real, right) -> 1, (real, wrong) -> 0, (fake, right) -> 0
         with self.runtime.autocast():
             scores = self._score_pairs(real, fakes[: len(real)].detach(), right, wrong)
-        smoothing = self.config.gan.smoothing
-        d = matching_aware_loss(scores.real.float(), scores.wrong.float(), scores.fake.float(), smoothing=smoothing)
-        self.d_optimizer.zero_grad(set_to_none=True)
-        d.loss.backward()
-        self.d_optimizer.step()
+        d = pair_loss(scores, self.config.gan.smoothing)
+        update(self.d_optimizer, d.loss)
 
-        # generator: every fake, interpolated ones included, scored by the updated D with its text. D's own
-        # parameters are frozen for this pass (and it is called outside DDP: it has no gradients to share).
+        # generator: every fake, interpolated ones included, scored by the updated, frozen D with its text.
         # The interpolated fakes go through D in their own call, as in the authors' code: D's BatchNorm
         # normalises each call's batch, and D only ever learnt on batches of one kind; scored in one batch with
         # the others, they shift its statistics and D's verdict on every fake with them.
-        self.discriminator.requires_grad_(False)
-        try:
-            with self.runtime.autocast():
-                groups = zip(fakes.split(len(real)), conditions.split(len(real)), strict=True)
-                s_generated = torch.cat([self.discriminator(images, text) for images, text in groups])
-            g_loss = generator_loss(s_generated.float())
-            self.g_optimizer.zero_grad(set_to_none=True)
-            g_loss.backward()
-            self.g_optimizer.step()
-        finally:
-            self.discriminator.requires_grad_(True)
+        with frozen(self.discriminator), self.runtime.autocast():
+            groups = zip(fakes.split(len(real)), conditions.split(len(real)), strict=True)
+            s_generated = torch.cat([self.discriminator(images, text) for images, text in groups])
+        g_loss = generator_loss(s_generated.float())
+        update(self.g_optimizer, g_loss)
         self.ema.update(self.generator)
         losses = {"d_loss": d.loss, "d_real": d.real, "d_fake": d.fake, "g_loss": g_loss}
         if self.matching_aware:

@@ -16,11 +16,11 @@ import torch
 from t2ifast.models.conditioning_augmentation import kl_loss
 from t2ifast.models.matching_aware_discriminator import MatchingAwareDiscriminator
 from t2ifast.models.stackgan import StackGAN, StackGANStage1Generator, StackGANStage2Generator
-from t2ifast.ops import generator_loss, matching_aware_loss
+from t2ifast.ops import generator_loss
 from t2ifast.training.config import has_stage2
 from t2ifast.training.ema import GeneratorEMA
 from t2ifast.training.gan_int_cls import PairScorer, wrong_embeddings
-from t2ifast.training.gan_task import GANTask
+from t2ifast.training.gan_task import GANTask, frozen, pair_loss, update
 from t2ifast.training.runtime import distributed
 
 IMAGE_SIZES = {1: 64, 2: 256}
@@ -92,8 +92,7 @@ class StackGANTask(GANTask):
         if train.compile:
             self._generate = torch.compile(self._generate)
             self._score_pairs = torch.compile(self._score_pairs)
-        self.preview_batch, self.preview_captions = preview_batch, list(preview_captions)
-        self._preview_z = None if preview_batch is None else torch.randn(len(preview_batch), gan.z_dim, device=device)
+        self._init_preview(preview_batch, preview_captions, gan.z_dim, device)
 
     def _stage1_images(self, z, embedding):
         with torch.no_grad():
@@ -114,25 +113,15 @@ class StackGANTask(GANTask):
         condition = mu.detach()
         with self.runtime.autocast():
             scores = self._score_pairs(real, fake.detach(), condition, mu_wrong)
-        smoothing = self.config.gan.smoothing
-        d = matching_aware_loss(scores.real.float(), scores.wrong.float(), scores.fake.float(), smoothing=smoothing)
-        self.d_optimizer.zero_grad(set_to_none=True)
-        d.loss.backward()
-        self.d_optimizer.step()
+        d = pair_loss(scores, self.config.gan.smoothing)
+        update(self.d_optimizer, d.loss)
 
-        # generator: −log D(fake, μ) + kl_weight · KL, scored by the updated D with its parameters frozen (and
-        # outside DDP: it has no gradients to share)
-        self.discriminator.requires_grad_(False)
-        try:
-            with self.runtime.autocast():
-                s_generated = self.discriminator(fake, condition)
-            g_loss = generator_loss(s_generated.float())
-            kl = kl_loss(mu.float(), logvar.float())
-            self.g_optimizer.zero_grad(set_to_none=True)
-            (g_loss + self.config.stackgan.kl_weight * kl).backward()
-            self.g_optimizer.step()
-        finally:
-            self.discriminator.requires_grad_(True)
+        # generator: −log D(fake, μ) + kl_weight · KL, scored by the updated, frozen D
+        with frozen(self.discriminator), self.runtime.autocast():
+            s_generated = self.discriminator(fake, condition)
+        g_loss = generator_loss(s_generated.float())
+        kl = kl_loss(mu.float(), logvar.float())
+        update(self.g_optimizer, g_loss + self.config.stackgan.kl_weight * kl)
         self.ema.update(self.generator)
         return {"d_loss": d.loss, "d_real": d.real, "d_wrong": d.wrong, "d_fake": d.fake, "g_loss": g_loss, "kl": kl}
 
