@@ -292,23 +292,26 @@ def train_gan(config, dataset, embed, runtime, out, *, resume):
 
 
 def train_stackgan(config, dataset, embed, runtime, out, *, resume):
-    """Stage I for train.steps (or the given stackgan.stage1_generator), then Stage II on its frozen EMA
-    generator for stackgan.stage2_steps; returns the last stage's task."""
-    loader = loader_for(config, dataset, runtime, batch_size=config.train.batch_size)
+    """Stage I for train.steps or train.epochs (or the given stackgan.stage1_generator), then Stage II on its
+    frozen EMA generator for stackgan.stage2_steps or stage2_epochs, in batches of stackgan.stage2_batch_size
+    (train.batch_size when 0); returns the last stage's task."""
     if config.stackgan.stage1_generator:
         stage1 = build_stage1_generator(config, embed.embedding_dim)
         stage1 = artifacts.load_weights(stage1, config.stackgan.stage1_generator).to(runtime.device)
     else:
         task = StackGANTask(config, embed, runtime, stage=1, **_preview(dataset, runtime))
+        loader = loader_for(config, dataset, runtime, batch_size=config.train.batch_size)
         train(task, loader, runtime, **_train_kwargs(config, loader, out, resume))
         if not has_stage2(config):
             return task
         stage1 = task.sampler
         if runtime.is_main:
             artifacts.save_weights(stage1, out / "stage1_generator.safetensors")
+    stackgan = config.stackgan
     task = StackGANTask(config, embed, runtime, stage=2, stage1_generator=stage1, **_preview(dataset, runtime))
+    loader = loader_for(config, dataset, runtime, batch_size=stackgan.stage2_batch_size or config.train.batch_size)
     kwargs = _train_kwargs(config, loader, out, resume)
-    kwargs["steps"] = config.stackgan.stage2_steps
+    kwargs["steps"] = stackgan.stage2_epochs * len(loader) if stackgan.stage2_epochs else stackgan.stage2_steps
     train(task, loader, runtime, **kwargs)
     return task
 

@@ -11,7 +11,7 @@ from t2ifast.data.loader import Batch
 from t2ifast.models.conditioning_augmentation import kl_loss
 from t2ifast.models.matching_aware_discriminator import MatchingAwareDiscriminator
 from t2ifast.models.stackgan import StackGAN, StackGANOutput, StackGANStage1Generator, StackGANStage2Generator
-from t2ifast.training.config import load_config
+from t2ifast.training.config import has_stage2, image_sizes, load_config
 from t2ifast.training.runtime import Runtime
 from t2ifast.training.stackgan import StackGANTask, build_stackgan_sampler, build_stage1_generator
 
@@ -189,3 +189,47 @@ def test_the_sampler_builder_builds_what_the_last_stage_saves():
     assert isinstance(both, StackGAN) and both.state_dict().keys() == _task(2).sampler.state_dict().keys()
     on_a_given_stage1 = _config("stackgan.stage2_steps=0", "stackgan.stage1_generator=stage1.safetensors")
     assert isinstance(build_stackgan_sampler(on_a_given_stage1, EMBEDDING_DIM), StackGAN)
+
+
+class _Loader:
+    """A stand-in loader of 100 samples: only its batch size and length matter to the stage schedule."""
+
+    def __init__(self, batch_size):
+        self.batch_size = batch_size
+
+    def __len__(self):
+        return 100 // self.batch_size
+
+
+@pytest.mark.parametrize(
+    ("extra", "stage2_schedule"),
+    [
+        ([], (B, 7)),  # Stage II as Stage I: train.batch_size, stackgan.stage2_steps
+        (["stackgan.stage2_batch_size=10"], (10, 7)),
+        (["stackgan.stage2_batch_size=10", "stackgan.stage2_epochs=3"], (10, 3 * 10)),  # epochs of its own loader
+        (["stackgan.stage2_epochs=2"], (B, 2 * 25)),
+    ],
+)
+def test_stage2_runs_its_own_batch_size_and_steps_or_epochs(monkeypatch, tmp_path, extra, stage2_schedule):
+    import t2ifast.train as train_module
+
+    schedule = []
+    monkeypatch.setattr(train_module, "loader_for", lambda config, dataset, runtime, *, batch_size: _Loader(batch_size))
+    monkeypatch.setattr(train_module, "_preview", lambda dataset, runtime: {})
+    monkeypatch.setattr(
+        train_module,
+        "train",
+        lambda task, loader, runtime, **kw: schedule.append((task.name, loader.batch_size, kw["steps"])),
+    )
+    config = _config("train.steps=5", "stackgan.stage2_steps=7", *extra)
+    last = train_module.train_stackgan(
+        config, None, FixedEmbeddings(), Runtime(torch.device("cpu")), tmp_path, resume=False
+    )
+    assert schedule == [("stackgan-stage1", B, 5), ("stackgan-stage2", *stage2_schedule)]
+    assert last.name == "stackgan-stage2" and (tmp_path / "stage1_generator.safetensors").is_file()
+
+
+def test_stage2_epochs_alone_make_a_stage2_run():
+    config = _config("stackgan.stage2_steps=0", "stackgan.stage2_epochs=1")
+    assert has_stage2(config) and image_sizes(config) == (64, 256)
+    assert not has_stage2(_config("stackgan.stage2_steps=0"))

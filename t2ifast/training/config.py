@@ -76,7 +76,9 @@ class StackGANConfig:
     condition_dim: int = 128  # c, the Conditioning Augmentation sample (StackGAN's ef_dim)
     kl_weight: float = 2.0
     residual_blocks: int = 2  # Stage II's residual blocks at 16×16 (4 in the paper)
-    stage2_steps: int = 600  # Stage II (256×256) on the frozen Stage I after its train.steps; 0: Stage I only
+    stage2_steps: int = 600  # Stage II (256×256) on the frozen Stage I after it; 0 (and no stage2_epochs): Stage I only
+    stage2_epochs: int = 0  # Stage II for this many epochs instead of stage2_steps (as train.epochs for Stage I)
+    stage2_batch_size: int = 0  # Stage II's batch size; 0: train.batch_size (the StackGAN release used 40)
     stage1_generator: str | None = None  # a trained Stage-I generator (.safetensors): skip Stage I
 
 
@@ -279,6 +281,9 @@ def validate(config):
         _at_least(f"stackgan.{key}", getattr(stackgan, key), 1)
         _at_least(f"attngan.{key}", getattr(attngan, key), 1)
     _at_least("stackgan.stage2_steps", stackgan.stage2_steps, 0)
+    _at_least("stackgan.stage2_epochs", stackgan.stage2_epochs, 0)
+    if stackgan.stage2_batch_size != 0:
+        _at_least("stackgan.stage2_batch_size", stackgan.stage2_batch_size, 2)
     _choice("attngan.stages", attngan.stages, (1, 2, 3))
     for key in ("stackgan.kl_weight", "attngan.kl_weight", "attngan.damsm_weight"):
         section, name = key.split(".")
@@ -310,7 +315,8 @@ def validate(config):
 
 def has_stage2(config):
     """Whether a StackGAN run of `config` ends with Stage II: trained after Stage I, or on a given Stage I."""
-    return config.stackgan.stage2_steps > 0 or bool(config.stackgan.stage1_generator)
+    stackgan = config.stackgan
+    return stackgan.stage2_steps > 0 or stackgan.stage2_epochs > 0 or bool(stackgan.stage1_generator)
 
 
 def image_sizes(config):
