@@ -53,6 +53,7 @@ FLAGS = {
     "lr_d": "train.lr_d",
     "steps": "train.steps",
     "epochs": "train.epochs",
+    "minutes": "train.minutes",
     "seed": "train.seed",
     "backend": "train.backend",
     "amp": "train.amp",
@@ -76,6 +77,7 @@ def parse_args(argv=None):
     parser.add_argument("--betas", type=float, nargs=2, metavar=("BETA1", "BETA2"), help="Adam betas")
     parser.add_argument("--steps", type=int)
     parser.add_argument("--epochs", type=int, help="train this many epochs instead of --steps")
+    parser.add_argument("--minutes", type=float, help="stop each GAN stage after this many minutes of training")
     parser.add_argument("--seed", type=int)
     parser.add_argument("--backend", choices=("auto", *t2ifast.BACKENDS), help="t2ifast op backend")
     parser.add_argument("--amp", choices=("none", "bf16"))
@@ -195,14 +197,14 @@ def _train_kwargs(config, loader, out, resume):
         "sample_every": train_config.sample_every,
         "keep_checkpoints": train_config.keep_checkpoints,
         "resume": resume,
+        "time_limit_s": train_config.minutes * 60 or None,
     }
 
 
 def pretrain_damsm(config, dataset, runtime, out, *, resume):
     task = DAMSMTask(config, len(dataset.vocabulary), runtime, use_class_ids=dataset.class_ids is not None)
     loader = loader_for(config, dataset, runtime, batch_size=config.text.pretrain_batch_size, seed_offset=1)
-    kwargs = _train_kwargs(config, loader, out, resume)
-    kwargs["steps"] = config.text.pretrain_steps
+    kwargs = _train_kwargs(config, loader, out, resume) | {"steps": config.text.pretrain_steps, "time_limit_s": None}
     train(task, loader, runtime, **kwargs)
     return task.damsm
 
@@ -328,8 +330,7 @@ def train_style_encoder(config, dataset, embed, generator, runtime, out, *, resu
         return None
     task = StyleEncoderTask(config, embed, generator, runtime)
     loader = loader_for(config, dataset, runtime, batch_size=config.train.batch_size, seed_offset=2)
-    kwargs = _train_kwargs(config, loader, out, resume)
-    kwargs["steps"] = config.gan.style_steps
+    kwargs = _train_kwargs(config, loader, out, resume) | {"steps": config.gan.style_steps, "time_limit_s": None}
     train(task, loader, runtime, **kwargs)
     return task
 

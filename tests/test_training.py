@@ -18,7 +18,7 @@ from t2ifast.data import generate_synthetic, make_loader, open_dataset
 from t2ifast.models.sentence_embeddings import DAMSMSentenceEmbeddings
 from t2ifast.models.text_conditioned_generator import StyleEncoder, TextConditionedGenerator
 from t2ifast.models.text_encoder import TextEncoder
-from t2ifast.training import checkpoint
+from t2ifast.training import checkpoint, loop
 from t2ifast.training.artifacts import load_damsm_encoders, load_run, load_weights, save_weights
 from t2ifast.training.attngan import AttnGANTask
 from t2ifast.training.config import load_config
@@ -182,6 +182,25 @@ def test_a_nan_loss_stops_the_run_and_keeps_what_it_reached(shapes, tmp_path):
     folder = tmp_path / "checkpoints" / "gan"
     assert (folder / "diverged-000000006.pt").is_file()
     assert checkpoint.latest_checkpoint(folder).name == "checkpoint-000000004.pt"  # never a diverged state
+
+
+def test_a_time_budget_stops_the_run_at_a_log_step_with_a_checkpoint(shapes, tmp_path, monkeypatch):
+    _, dataset = shapes
+    task = _task(dataset)
+    clock = [100.0]  # each training step takes one second of this clock
+    monkeypatch.setattr(loop, "monotonic", lambda: clock[0])
+    step = task.train_step
+
+    def one_second_step(batch):
+        clock[0] += 1.0
+        return step(batch)
+
+    task.train_step = one_second_step
+    runtime = Runtime(torch.device("cpu"))
+    options = {"log_every": 2, "checkpoint_every": 100, "sample_every": 100}
+    train(task, _loader(dataset), runtime, out_dir=tmp_path, steps=50, time_limit_s=4.5, **options)
+    assert clock[0] == 106.0  # 4 s spent at step 4 (within budget), 6 s at the next log step: stop there
+    assert checkpoint.latest_checkpoint(tmp_path / "checkpoints" / "gan").name == "checkpoint-000000006.pt"
 
 
 def _train_command(out, cache, *extra):

@@ -28,6 +28,8 @@ def test_file_then_overrides(tmp_path):
     [
         ("model=stylegan", r"model must be one of gan-int-cls, .*got 'stylegan'"),
         ("train.batch_size=1", r"train.batch_size must be at least 2, got 1"),
+        ("train.minutes=-5", r"train.minutes must be at least 0.0, got -5.0"),
+        ("stackgan.stage2_batch_size=1", r"stackgan.stage2_batch_size must be at least 2, got 1"),
         ("train.batch_size=many", r"train.batch_size must be an integer, got 'many'"),
         ("gan.interpolation_beta=1.5", r"gan.interpolation_beta must be in \[0.0, 1.0\], got 1.5"),
         ("gan.wrong_pairs=random", r"gan.wrong_pairs must be one of class, roll; got 'random'"),

@@ -98,6 +98,9 @@ class TrainConfig:
     batch_size: int = 64
     steps: int = 600
     epochs: int = 0  # when > 0: train this many epochs (steps is then derived from the loader's length)
+    # when > 0: each GAN stage also stops once it has trained this many minutes (checked at every log step, then
+    # checkpointed), so that runs compare at equal wall-clock; steps / epochs stay the upper bound
+    minutes: float = 0.0
     lr_g: float = 2e-4
     lr_d: float = 2e-4
     betas: tuple = (0.5, 0.999)
@@ -291,6 +294,7 @@ def validate(config):
     _at_least("train.batch_size", train.batch_size, 2)
     _at_least("train.steps", train.steps, 1)
     _at_least("train.epochs", train.epochs, 0)
+    _at_least("train.minutes", train.minutes, 0.0)
     for key in ("lr_g", "lr_d"):
         if getattr(train, key) <= 0:
             raise ConfigError(f"train.{key} must be positive, got {getattr(train, key)!r}")

@@ -11,10 +11,12 @@ and `train` runs it for `steps` steps over the loader's epochs. Losses are summe
 back once every `log_every` steps (no host sync per step); a NaN or Inf in any loss of any rank shows up in
 those sums and stops the run with a clear message after saving the state it reached beside the last good
 checkpoint. Checkpoints hold the task, the loader's position and every RNG, so `resume=True` continues
-from the exact step of the newest checkpoint.
+from the exact step of the newest checkpoint. With `time_limit_s` the run also ends, checkpointed, at the first
+log step after that many seconds of this call (all ranks at the same step).
 """
 
 from pathlib import Path
+from time import monotonic
 
 import numpy as np
 import torch
@@ -44,8 +46,11 @@ def train(
     sample_every=250,
     keep_checkpoints=3,
     resume=False,
+    time_limit_s=None,
 ):
-    """Run `task` until `steps` steps are done; returns the mean losses of the last logging interval."""
+    """Run `task` until `steps` steps are done (or `time_limit_s` seconds have passed); returns the mean losses of
+    the last logging interval."""
+    started = monotonic()
     out_dir = Path(out_dir)
     folder = checkpoint_folder(out_dir, task)
     step = 0
@@ -85,6 +90,9 @@ def train(
                     if not all(np.isfinite(v) for v in last.values()):
                         _stop_diverged(task, loader, runtime, folder, step, last)
                     monitor.scalars(step, last)
+                    if step < steps and _out_of_time(started, time_limit_s, runtime):
+                        monitor.write(f"{task.name}: stopped at step {step}, its {time_limit_s:g} s budget spent")
+                        steps = step  # the last step: preview and checkpoint below
                 if step % sample_every == 0 or step == steps:
                     _preview(task, runtime, monitor, out_dir, step)
                 if step % checkpoint_every == 0 or step == steps:
@@ -103,6 +111,16 @@ def _mean_over_ranks(sums, count, runtime):
         dist.all_reduce(means)
         means /= runtime.world_size
     return dict(zip(names, means.tolist(), strict=True))
+
+
+def _out_of_time(started, time_limit_s, runtime):
+    """Whether the time budget is spent, on any rank (so that every rank stops at the same step)."""
+    if time_limit_s is None:
+        return False
+    spent = torch.tensor(float(monotonic() - started > time_limit_s), device=runtime.device)
+    if runtime.distributed:
+        dist.all_reduce(spent, op=dist.ReduceOp.MAX)
+    return bool(spent.item())
 
 
 def _stop_diverged(task, loader, runtime, folder, step, losses):
