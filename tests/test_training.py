@@ -184,7 +184,7 @@ def test_a_nan_loss_stops_the_run_and_keeps_what_it_reached(shapes, tmp_path):
     assert checkpoint.latest_checkpoint(folder).name == "checkpoint-000000004.pt"  # never a diverged state
 
 
-def test_a_time_budget_stops_the_run_at_a_log_step_with_a_checkpoint(shapes, tmp_path, monkeypatch):
+def test_a_time_budget_stops_the_run_at_the_first_step_past_it_with_a_checkpoint(shapes, tmp_path, monkeypatch):
     _, dataset = shapes
     task = _task(dataset)
     clock = [100.0]  # each training step takes one second of this clock
@@ -199,8 +199,28 @@ def test_a_time_budget_stops_the_run_at_a_log_step_with_a_checkpoint(shapes, tmp
     runtime = Runtime(torch.device("cpu"))
     options = {"log_every": 2, "checkpoint_every": 100, "sample_every": 100}
     train(task, _loader(dataset), runtime, out_dir=tmp_path, steps=50, time_limit_s=4.5, **options)
-    assert clock[0] == 106.0  # 4 s spent at step 4 (within budget), 6 s at the next log step: stop there
-    assert checkpoint.latest_checkpoint(tmp_path / "checkpoints" / "gan").name == "checkpoint-000000006.pt"
+    assert clock[0] == 105.0  # 4 s spent after step 4 (within budget), 5 s after step 5: stop there
+    assert checkpoint.latest_checkpoint(tmp_path / "checkpoints" / "gan").name == "checkpoint-000000005.pt"
+
+
+def test_under_torchrun_the_time_budget_is_agreed_at_log_steps(monkeypatch):
+    """Any rank out of time stops them all, at a log step, where they agree through one all_reduce(MAX)."""
+
+    class TwoRanks:
+        distributed, device = True, torch.device("cpu")
+
+    reduced = []
+
+    def another_rank_is_out_of_time(flag, op):
+        reduced.append(op)
+        flag.fill_(1.0)
+
+    monkeypatch.setattr(loop.dist, "all_reduce", another_rank_is_out_of_time)
+    monkeypatch.setattr(loop, "monotonic", lambda: 10.0)
+    started = 9.0  # this rank has spent 1 s of a 5 s budget
+    assert not loop._out_of_time(started, 5.0, TwoRanks(), step=3, log_every=2) and reduced == []
+    assert loop._out_of_time(started, 5.0, TwoRanks(), step=4, log_every=2) and reduced == [loop.dist.ReduceOp.MAX]
+    assert not loop._out_of_time(started, None, TwoRanks(), step=4, log_every=2)
 
 
 def _train_command(out, cache, *extra):

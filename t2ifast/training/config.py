@@ -98,8 +98,8 @@ class TrainConfig:
     batch_size: int = 64
     steps: int = 600
     epochs: int = 0  # when > 0: train this many epochs (steps is then derived from the loader's length)
-    # when > 0: each GAN stage also stops once it has trained this many minutes (checked at every log step, then
-    # checkpointed), so that runs compare at equal wall-clock; steps / epochs stay the upper bound
+    # when > 0: each GAN stage also stops, checkpointed, at the first step after this many minutes of training
+    # (under torchrun: the first log step), so that runs compare at equal wall-clock; steps / epochs stay the bound
     minutes: float = 0.0
     lr_g: float = 2e-4
     lr_d: float = 2e-4

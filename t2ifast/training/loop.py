@@ -12,7 +12,7 @@ back once every `log_every` steps (no host sync per step); a NaN or Inf in any l
 those sums and stops the run with a clear message after saving the state it reached beside the last good
 checkpoint. Checkpoints hold the task, the loader's position and every RNG, so `resume=True` continues
 from the exact step of the newest checkpoint. With `time_limit_s` the run also ends, checkpointed, at the first
-log step after that many seconds of this call (all ranks at the same step).
+step after that many seconds of this call (under torchrun: the first log step, all ranks at the same step).
 """
 
 from pathlib import Path
@@ -84,15 +84,15 @@ def train(
                 for name, value in losses.items():
                     sums[name] = sums.get(name, 0.0) + value.detach().float()
                 monitor.advance(len(batch) * runtime.world_size)
+                if step < steps and _out_of_time(started, time_limit_s, runtime, step, log_every):
+                    monitor.write(f"{task.name}: stopped at step {step}, its {time_limit_s:g} s budget spent")
+                    steps = step  # the last step: logged, previewed and checkpointed below
                 if step % log_every == 0 or step == steps:
                     last = _mean_over_ranks(sums, count, runtime)
                     sums, count = {}, 0
                     if not all(np.isfinite(v) for v in last.values()):
                         _stop_diverged(task, loader, runtime, folder, step, last)
                     monitor.scalars(step, last)
-                    if step < steps and _out_of_time(started, time_limit_s, runtime):
-                        monitor.write(f"{task.name}: stopped at step {step}, its {time_limit_s:g} s budget spent")
-                        steps = step  # the last step: preview and checkpoint below
                 if step % sample_every == 0 or step == steps:
                     _preview(task, runtime, monitor, out_dir, step)
                 if step % checkpoint_every == 0 or step == steps:
@@ -113,14 +113,19 @@ def _mean_over_ranks(sums, count, runtime):
     return dict(zip(names, means.tolist(), strict=True))
 
 
-def _out_of_time(started, time_limit_s, runtime):
-    """Whether the time budget is spent, on any rank (so that every rank stops at the same step)."""
+def _out_of_time(started, time_limit_s, runtime, step, log_every):
+    """Whether the time budget is spent: checked after every step on the host clock; under torchrun only at log
+    steps, where the ranks agree (any rank out of time stops them all at the same step)."""
     if time_limit_s is None:
         return False
-    spent = torch.tensor(float(monotonic() - started > time_limit_s), device=runtime.device)
-    if runtime.distributed:
-        dist.all_reduce(spent, op=dist.ReduceOp.MAX)
-    return bool(spent.item())
+    spent = monotonic() - started > time_limit_s
+    if not runtime.distributed:
+        return spent
+    if step % log_every:
+        return False
+    flag = torch.tensor(float(spent), device=runtime.device)
+    dist.all_reduce(flag, op=dist.ReduceOp.MAX)
+    return bool(flag.item())
 
 
 def _stop_diverged(task, loader, runtime, folder, step, losses):
