@@ -5,7 +5,7 @@ It is the judge of the caption-accuracy metric (t2ifast.evaluation.caption_accur
 images: its accuracy on the real held-out images is reported (and warned about when low). Training uses light
 augmentation (a shift of up to 2 pixels, brightness and contrast jitter, pixel noise), never a flip, which would
 swap left and right. With the defaults it trains in about 30-60 s on two CPU cores and scores > 99% on every
-attribute of a 4000-image set.
+attribute of a 4000-image set, and 100% on 1000 real held-out images of the default job's 20000-image set.
 
     classifier, report = load_or_train_attribute_classifier(folder, "~/.cache/t2ifast")
     logits = classifier(images)            # images [B, 3, H, W] in [-1, 1]; {attribute: [B, classes]}
