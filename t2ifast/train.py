@@ -141,12 +141,12 @@ def run(config, runtime, *, resume=False):
             artifacts.save_weights(task.sampler, out / artifacts.GENERATOR)
             finish(config, folder, task, None, None, runtime, out)
         return
-    embed = sentence_embeddings(config, folder, train_set, runtime, out)
+    embed, image_encoder = sentence_embeddings(config, folder, train_set, runtime, out)
     if config.model == "stackgan":
         task = train_stackgan(config, train_set, embed, runtime, out, resume=resume)
         style = None
     else:
-        task = train_gan(config, train_set, embed, runtime, out, resume=resume)
+        task = train_gan(config, train_set, embed, image_encoder, runtime, out, resume=resume)
         style = train_style_encoder(config, train_set, embed, task.sampler, runtime, out, resume=resume)
     if runtime.is_main:
         artifacts.save_weights(task.sampler, out / artifacts.GENERATOR)
@@ -251,10 +251,11 @@ def damsm_encoders(config, folder, dataset, runtime, out):
         image_encoder = artifacts.load_weights(
             artifacts.build_image_encoder(config), source.with_name(artifacts.IMAGE_ENCODER)
         )
-    elif config.model == "attngan":
+    elif config.model == "attngan" or needs_image_encoder(config):
         raise FileNotFoundError(
-            f"AttnGAN's DAMSM loss needs the image encoder pretrained with the text encoder {source}: "
-            f"{source.with_name(artifacts.IMAGE_ENCODER)} does not exist"
+            f"the DAMSM loss ({'attngan' if config.model == 'attngan' else 'gan'}.damsm_weight) needs the image "
+            f"encoder pretrained with the text encoder {source}: {source.with_name(artifacts.IMAGE_ENCODER)} does "
+            "not exist"
         )
     if runtime.is_main:
         artifacts.save_weights(text_encoder, out / artifacts.TEXT_ENCODER)
@@ -262,15 +263,21 @@ def damsm_encoders(config, folder, dataset, runtime, out):
     return text_encoder.to(runtime.device), None if image_encoder is None else image_encoder.to(runtime.device)
 
 
+def needs_image_encoder(config):
+    """Whether a GAN-INT-CLS-family run scores its fakes with the DAMSM image encoder (gan.damsm_weight > 0)."""
+    return config.model in VARIANTS and config.gan.damsm_weight > 0
+
+
 def sentence_embeddings(config, folder, dataset, runtime, out):
-    """φ(t) for the GAN: the DAMSM text encoder (given, cached, or pretrained now), precomputed, or MiniLM."""
+    """(φ(t) for the GAN, the DAMSM image encoder when the run needs it else None): φ(t) from the DAMSM text
+    encoder (given, cached, or pretrained now), precomputed, or MiniLM."""
     text = config.text
     if text.source == "precomputed":
-        return PrecomputedSentenceEmbeddings(dataset=dataset, average=text.average_captions)
+        return PrecomputedSentenceEmbeddings(dataset=dataset, average=text.average_captions), None
     if text.source == "minilm":
-        return MiniLMSentenceEmbeddings(dataset.vocabulary)
-    text_encoder, _ = damsm_encoders(config, folder, dataset, runtime, out)
-    return DAMSMSentenceEmbeddings(text_encoder)
+        return MiniLMSentenceEmbeddings(dataset.vocabulary), None
+    text_encoder, image_encoder = damsm_encoders(config, folder, dataset, runtime, out)
+    return DAMSMSentenceEmbeddings(text_encoder), image_encoder if needs_image_encoder(config) else None
 
 
 def _preview_captions(dataset, count=16):
@@ -286,8 +293,8 @@ def _preview(dataset, runtime):
     return {"preview_batch": Batch(images={}, **text).to(runtime.device), "preview_captions": captions}
 
 
-def train_gan(config, dataset, embed, runtime, out, *, resume):
-    task = GANINTCLSTask(config, embed, runtime, **_preview(dataset, runtime))
+def train_gan(config, dataset, embed, image_encoder, runtime, out, *, resume):
+    task = GANINTCLSTask(config, embed, runtime, image_encoder=image_encoder, **_preview(dataset, runtime))
     loader = loader_for(config, dataset, runtime, batch_size=config.train.batch_size)
     train(task, loader, runtime, **_train_kwargs(config, loader, out, resume))
     return task

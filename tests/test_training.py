@@ -15,6 +15,8 @@ from safetensors.torch import load_file
 
 from t2ifast import sample
 from t2ifast.data import generate_synthetic, make_loader, open_dataset
+from t2ifast.losses import damsm_sentence_loss, damsm_word_loss
+from t2ifast.models.image_encoder import ImageEncoder
 from t2ifast.models.sentence_embeddings import DAMSMSentenceEmbeddings
 from t2ifast.models.text_conditioned_generator import StyleEncoder, TextConditionedGenerator
 from t2ifast.models.text_encoder import TextEncoder
@@ -83,6 +85,47 @@ def test_steps_lower_the_discriminator_loss_on_a_fixed_batch(shapes, model):
     first, last = losses[0]["d_loss"].item(), sum(step["d_loss"].item() for step in losses[-3:]) / 3
     assert all(math.isfinite(v.item()) for step in losses for v in step.values())
     assert last < 0.7 * first, (first, last)
+
+
+@pytest.mark.parametrize("model", ["gan-int-cls", "gan"])
+def test_gan_damsm_weight_adds_the_damsm_loss_of_the_fakes_to_the_generator_loss(shapes, model):
+    _, dataset = shapes
+    config = load_config(overrides=[*TINY, f"model={model}", "gan.damsm_weight=2.5"])
+    torch.manual_seed(0)
+    embed = _embed(dataset)
+    image_encoder = ImageEncoder(32, input_size=32, width=4)
+    task = GANINTCLSTask(config, embed, Runtime(torch.device("cpu")), image_encoder=image_encoder)
+    assert not image_encoder.training and not any(p.requires_grad for p in image_encoder.parameters())
+    batch = next(iter(_loader(dataset)))
+    generated = []
+    generate = task._generate
+    task._generate = lambda z, text: generated.append(generate(z, text)) or generated[-1]
+    losses = task.train_step(batch)
+    fakes = generated[0][: config.train.batch_size].detach()
+    words, sentence = embed.features(batch)
+    # the terms are AttnGAN's DAMSM losses of the caption fakes (not the interpolated ones), each summed both ways
+    word = damsm_word_loss(words, batch.caption_lengths, image_encoder(fakes)[0].flatten(2), class_ids=batch.class_ids)
+    expected_sentence = damsm_sentence_loss(image_encoder(fakes)[1], sentence, class_ids=batch.class_ids)
+    torch.testing.assert_close(losses["g_damsm_word"], word.images + word.captions)
+    torch.testing.assert_close(losses["g_damsm_sentence"], expected_sentence.images + expected_sentence.captions)
+    total = losses["g_adversarial"] + 2.5 * (losses["g_damsm_word"] + losses["g_damsm_sentence"])
+    torch.testing.assert_close(losses["g_loss"].detach(), total)
+    assert all(math.isfinite(v.item()) for v in losses.values())
+
+
+def test_gan_damsm_weight_without_an_image_encoder_is_refused(shapes):
+    _, dataset = shapes
+    config = load_config(overrides=[*TINY, "gan.damsm_weight=1"])
+    with pytest.raises(ValueError, match=r"gan\.damsm_weight > 0 needs the DAMSM"):
+        GANINTCLSTask(config, _embed(dataset), Runtime(torch.device("cpu")))
+
+
+def test_without_gan_damsm_weight_the_generator_loss_is_adversarial_only(shapes):
+    _, dataset = shapes
+    config = load_config(overrides=[*TINY])
+    task = GANINTCLSTask(config, _embed(dataset), Runtime(torch.device("cpu")), image_encoder=ImageEncoder(32))
+    assert task.damsm is None
+    assert "g_damsm_word" not in task.train_step(next(iter(_loader(dataset))))
 
 
 @pytest.mark.parametrize("model", ["gan-int-cls", "gan"])

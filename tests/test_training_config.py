@@ -38,8 +38,9 @@ def test_file_then_overrides(tmp_path):
         ("train.lr_d=-1", r"train.lr_d must be positive, got -1.0"),
         ("text.embedding_dim=255", r"text.embedding_dim must be even"),
         ("data.loader=pillow", r"data.loader must be one of auto, dali, torch; got 'pillow'"),
-        ("gan.nfg=3", r"gan: unknown key\(s\) \['nfg'\]; known: \['ema_decay'"),
+        ("gan.nfg=3", r"gan: unknown key\(s\) \['nfg'\]; known: \['damsm_weight', 'ema_decay'"),
         ("train.compile=maybe", r"train.compile must be true or false, got 'maybe'"),
+        ("gan.damsm_weight=-1", r"gan.damsm_weight must be at least 0.0, got -1.0"),
         ("nonsense", r"an override must look like section.key=value"),
     ],
 )
@@ -62,3 +63,12 @@ def test_from_dict_rejects_non_mapping_sections():
 def test_every_shipped_config_loads(path):
     config = load_config(path)
     assert config.model in path.name or path.name == "synthetic.yaml"
+
+
+@pytest.mark.parametrize("source", ["precomputed", "minilm"])
+def test_the_gan_damsm_loss_needs_the_damsm_text_encoder(source):
+    with pytest.raises(
+        ConfigError, match=rf"gan.damsm_weight=1.0 needs text.source=damsm .*got text.source='{source}'"
+    ):
+        load_config(overrides=["gan.damsm_weight=1", f"text.source={source}"])
+    load_config(overrides=["gan.damsm_weight=1", f"text.source={source}", "model=stackgan"])  # not used there

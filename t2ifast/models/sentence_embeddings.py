@@ -47,12 +47,17 @@ class DAMSMSentenceEmbeddings:
         return self
 
     def __call__(self, batch, which="right"):
+        sentence = self.features(batch, which)[1]
+        return torch.nn.functional.normalize(sentence, dim=1) * self.embedding_dim**0.5
+
+    @torch.no_grad()
+    def features(self, batch, which="right"):
+        """The encoder's own (words [B, hidden_dim, T], sentence [B, hidden_dim]), not rescaled: what the DAMSM
+        losses compare images with."""
         captions, lengths = _captions_of(batch, which)
         if self.text_encoder.training:  # frozen means no dropout, whatever was done to the module since
             self.text_encoder.eval()
-        with torch.no_grad():
-            sentence = self.text_encoder(captions, lengths)[1]
-            return torch.nn.functional.normalize(sentence, dim=1) * self.embedding_dim**0.5
+        return self.text_encoder(captions, lengths)
 
 
 def average_caption_embeddings(dataset_embeddings, indices, k, generator=None):

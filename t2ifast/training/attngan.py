@@ -29,12 +29,10 @@ dataset has classes) with ``gan.wrong_pairs="class"``, or the batch's sentence f
 
 import torch
 
-from t2ifast.losses import damsm_sentence_loss, damsm_word_loss
 from t2ifast.models.attngan import AttnGANDiscriminators, AttnGANGenerator, pad_mask_of
 from t2ifast.models.conditioning_augmentation import kl_loss
-from t2ifast.models.damsm import distinct_missing_classes
-from t2ifast.models.image_encoder import resize_images
 from t2ifast.ops import generator_loss, matching_aware_loss
+from t2ifast.training.damsm_guidance import DAMSMGuidance
 from t2ifast.training.ema import GeneratorEMA
 from t2ifast.training.gan_int_cls import PairScorer
 from t2ifast.training.gan_task import GANTask, frozen, pair_loss, update
@@ -103,7 +101,8 @@ class AttnGANTask(GANTask):
         gan, train = config.gan, config.train
         device = runtime.device
         self.text_encoder = _freeze(text_encoder, device)
-        self.image_encoder = _freeze(image_encoder, device)
+        self.damsm = DAMSMGuidance(image_encoder, config.text, runtime)
+        self.image_encoder = self.damsm.image_encoder
         word_dim = text_encoder.hidden_dim
         image_dim = getattr(image_encoder, "embedding_dim", word_dim)
         if image_dim != word_dim:
@@ -158,31 +157,6 @@ class AttnGANTask(GANTask):
             )
         return [batch.images[size] for size in self.sizes]
 
-    def damsm_losses(self, images, batch, text):
-        """(word, sentence) DAMSM losses of images [B, 3, S, S] against the batch's captions (frozen encoders)."""
-        if self.image_encoder.training:
-            self.image_encoder.eval()
-        input_size = getattr(self.image_encoder, "input_size", None)
-        if input_size is not None:
-            images = resize_images(images, input_size)
-        with self.runtime.autocast():
-            regions, code = self.image_encoder(images)
-        class_ids = distinct_missing_classes(batch.class_ids)
-        if class_ids is not None:
-            class_ids = class_ids.to(regions.device)
-        gammas = self.config.text
-        word = damsm_word_loss(
-            text.words,
-            batch.caption_lengths.to(regions.device),
-            regions.float().flatten(2),
-            class_ids=class_ids,
-            gamma1=gammas.gamma1,
-            gamma2=gammas.gamma2,
-            gamma3=gammas.gamma3,
-        )
-        sentence = damsm_sentence_loss(code.float(), text.sentence, class_ids=class_ids, gamma3=gammas.gamma3)
-        return word.images + word.captions, sentence.images + sentence.captions
-
     def train_step(self, batch):
         reals = self._real_images(batch)
         text = self.text_features(batch)
@@ -223,7 +197,7 @@ class AttnGANTask(GANTask):
                     + generator_loss(scores.conditional.float())
                     + generator_loss(scores.unconditional.float())
                 )
-            word, sentence = self.damsm_losses(fakes[-1], batch, text)
+            word, sentence = self.damsm(fakes[-1], batch, text.words, text.sentence)
             g_damsm = word + sentence
             g_kl = kl_loss(out.mu.float(), out.logvar.float())
             g_loss = g_adversarial + attngan.damsm_weight * g_damsm + attngan.kl_weight * g_kl

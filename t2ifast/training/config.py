@@ -14,6 +14,7 @@ from pathlib import Path
 import yaml
 
 MODELS = ("gan-int-cls", "gan-cls", "gan-int", "gan", "stackgan", "attngan", "damsm")
+GAN_INT_CLS_FAMILY = ("gan-int-cls", "gan-cls", "gan-int", "gan")
 TEXT_SOURCES = ("damsm", "precomputed", "minilm")
 WRONG_PAIRS = ("class", "roll")
 LOADERS = ("auto", "dali", "torch")
@@ -71,6 +72,9 @@ class GANConfig:
     smoothing: float = 0.0  # one-sided label smoothing of the real target
     ema_decay: float = 0.999
     style_steps: int = 100  # style encoder S trained on the finished G (0: none)
+    # λ of AttnGAN's DAMSM loss (word + sentence) added to the generator loss of gan, gan-cls, gan-int and
+    # gan-int-cls (not in Reed et al.; AttnGAN's own is attngan.damsm_weight); needs text.source=damsm
+    damsm_weight: float = 0.0
 
 
 @dataclass
@@ -284,6 +288,12 @@ def validate(config):
         raise ConfigError(f"gan.smoothing must be in [0, 1), got {gan.smoothing!r}")
     _within("gan.ema_decay", gan.ema_decay, 0.0, 1.0)
     _at_least("gan.style_steps", gan.style_steps, 0)
+    _at_least("gan.damsm_weight", gan.damsm_weight, 0.0)
+    if gan.damsm_weight > 0 and config.model in GAN_INT_CLS_FAMILY and text.source != "damsm":
+        raise ConfigError(
+            f"gan.damsm_weight={gan.damsm_weight} needs text.source=damsm (the DAMSM's image encoder scores the "
+            f"images), got text.source={text.source!r}; set gan.damsm_weight=0 for other text sources"
+        )
     stackgan, attngan = config.stackgan, config.attngan
     for key in ("condition_dim", "residual_blocks"):
         _at_least(f"stackgan.{key}", getattr(stackgan, key), 1)

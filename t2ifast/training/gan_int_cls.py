@@ -7,7 +7,8 @@ One step, with B real images, their captions' embeddings t ("right") and mismatc
    run once per image set (`MatchingAwareDiscriminator.score_pairs`) and the fused `matching_aware_loss`;
    the interpolated fakes are never scored here (no real image exists for them);
 3. the generator minimises −log D(fake, text) over all its fakes, interpolated ones included (scored by D in
-   a call of their own: BatchNorm statistics per kind of batch, as in step 2).
+   a call of their own: BatchNorm statistics per kind of batch, as in step 2); with ``gan.damsm_weight`` λ > 0
+   plus λ times AttnGAN's DAMSM word and sentence losses of the B fakes of the captions (`DAMSMGuidance`).
 An exponential moving average of G's weights is kept and used for every sample.
 """
 
@@ -19,6 +20,7 @@ from torch import nn
 from t2ifast.models.matching_aware_discriminator import MatchingAwareDiscriminator
 from t2ifast.models.text_conditioned_generator import StyleEncoder, TextConditionedGenerator
 from t2ifast.ops import generator_loss
+from t2ifast.training.damsm_guidance import DAMSMGuidance
 from t2ifast.training.ema import GeneratorEMA
 from t2ifast.training.gan_task import GANTask, frozen, pair_loss, update
 from t2ifast.training.runtime import distributed
@@ -56,12 +58,23 @@ def build_generator(config, embedding_dim):
 
 
 class GANINTCLSTask(GANTask):
-    """The GAN step of `config.model` (gan, gan-cls, gan-int, gan-int-cls) on sentence embeddings `embed`."""
+    """The GAN step of `config.model` (gan, gan-cls, gan-int, gan-int-cls) on sentence embeddings `embed`.
+
+    With ``gan.damsm_weight`` > 0, `image_encoder` (the DAMSM image encoder pretrained with `embed`'s text
+    encoder; frozen here) scores the fakes against their captions in the generator loss.
+    """
 
     name = "gan"
 
-    def __init__(self, config, embed, runtime, *, preview_batch=None, preview_captions=()):
+    def __init__(self, config, embed, runtime, *, image_encoder=None, preview_batch=None, preview_captions=()):
         self.config, self.embed, self.runtime = config, embed, runtime
+        self.damsm = None
+        if config.gan.damsm_weight > 0:
+            if image_encoder is None or not hasattr(embed, "features"):
+                raise ValueError(
+                    "gan.damsm_weight > 0 needs the DAMSM: DAMSM sentence embeddings and their image_encoder"
+                )
+            self.damsm = DAMSMGuidance(image_encoder, config.text, runtime)
         self.matching_aware, self.interpolate = VARIANTS[config.model]
         gan, train = config.gan, config.train
         device = runtime.device
@@ -109,9 +122,14 @@ class GANINTCLSTask(GANTask):
             groups = zip(fakes.split(len(real)), conditions.split(len(real)), strict=True)
             s_generated = torch.cat([self.discriminator(images, text) for images, text in groups])
         g_loss = generator_loss(s_generated.float())
+        losses = {"d_loss": d.loss, "d_real": d.real, "d_fake": d.fake}
+        if self.damsm is not None:
+            word, sentence = self.damsm(fakes[: len(real)], batch, *self.embed.features(batch))
+            losses.update(g_adversarial=g_loss.detach(), g_damsm_word=word.detach(), g_damsm_sentence=sentence.detach())
+            g_loss = g_loss + self.config.gan.damsm_weight * (word + sentence)
         update(self.g_optimizer, g_loss)
         self.ema.update(self.generator)
-        losses = {"d_loss": d.loss, "d_real": d.real, "d_fake": d.fake, "g_loss": g_loss}
+        losses["g_loss"] = g_loss
         if self.matching_aware:
             losses["d_wrong"] = d.wrong
         return losses
