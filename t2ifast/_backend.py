@@ -1,7 +1,8 @@
 """Which implementation of an op runs: ``native`` (the compiled extension), ``triton`` or ``reference``.
 
 Per call, unless a backend is forced: native where the extension has the op's kernel for the tensor's
-device, else Triton on CUDA tensors, else the reference. ``T2IFAST_BACKEND`` (read at import) or
+device (on CPU tensors only where that kernel is not slower than the reference: see `select`), else Triton on
+CUDA tensors, else the reference. ``T2IFAST_BACKEND`` (read at import) or
 ``with t2ifast.backend(name):`` forces one; a forced backend that cannot run raises
 ``BackendUnavailableError`` instead of quietly running another.
 """
@@ -78,14 +79,17 @@ def _why_unavailable(name, op, device_type, has_triton_kernel):
     return None
 
 
-def select(op, device_type, *, has_triton_kernel=True):
-    """The backend that runs `op` on tensors of `device_type` ("cpu", "cuda", ...)."""
+def select(op, device_type, *, has_triton_kernel=True, native_on_cpu=True):
+    """The backend that runs `op` on tensors of `device_type` ("cpu", "cuda", ...). ``native_on_cpu=False``: an
+    op whose CPU kernel was measured slower than its reference keeps CPU tensors on the reference unless native
+    is forced."""
     if _forced is not None:
         reason = _why_unavailable(_forced, op, device_type, has_triton_kernel)
         if reason is not None:
             raise BackendUnavailableError(f"backend {_forced!r} was asked for {op} on {device_type}, but {reason}")
         return _forced
-    if _why_unavailable("native", op, device_type, has_triton_kernel) is None:
+    native_wanted = native_on_cpu or device_type != "cpu"
+    if native_wanted and _why_unavailable("native", op, device_type, has_triton_kernel) is None:
         return "native"
     if device_type == "cuda" and _why_unavailable("triton", op, device_type, has_triton_kernel) is None:
         return "triton"

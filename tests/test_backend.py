@@ -17,6 +17,24 @@ def test_automatic_choice_prefers_native_then_reference_on_cpu():
     assert _backend.select("matching_aware_loss", "cpu") == expected
 
 
+def test_an_op_whose_cpu_kernel_is_slower_stays_on_the_reference_for_cpu_tensors_unless_forced():
+    # damsm_word_scores declares native_on_cpu=False: auto picks the reference on CPU, native still when forced
+    words, regions, lengths = torch.randn(3, 8, 5), torch.randn(2, 8, 7), torch.tensor([5, 2, 1])
+    assert _backend.select("damsm_word_scores", "cpu", native_on_cpu=False) == "reference"
+    if _extension.has_native_kernel("damsm_word_scores", "cuda"):
+        assert _backend.select("damsm_word_scores", "cuda", native_on_cpu=False) == "native"
+    with torch.profiler.profile(activities=[torch.profiler.ProfilerActivity.CPU]) as auto:
+        t2ifast.ops.damsm_word_scores(words, lengths, regions)
+    assert "t2ifast::damsm_word_scores" not in {event.name for event in auto.events()}
+    if _extension.has_native_kernel("damsm_word_scores", "cpu"):
+        with (
+            t2ifast.backend("native"),
+            torch.profiler.profile(activities=[torch.profiler.ProfilerActivity.CPU]) as forced,
+        ):
+            t2ifast.ops.damsm_word_scores(words, lengths, regions)
+        assert "t2ifast::damsm_word_scores" in {event.name for event in forced.events()}
+
+
 def test_automatic_choice_on_cuda_without_native_kernel_is_triton():
     # An op the extension does not hold runs on Triton for CUDA tensors, on the reference for CPU ones.
     if _backend.TRITON_AVAILABLE:
