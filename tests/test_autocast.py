@@ -13,6 +13,7 @@ from torch import nn
 import t2ifast
 from t2ifast.data import generate_synthetic, open_dataset
 from t2ifast.models.attngan import ResBlock
+from t2ifast.models.image_encoder import ImageEncoder
 from t2ifast.models.matching_aware_discriminator import MatchingAwareDiscriminator
 from t2ifast.nn import DeconvBNAct, UpBlock, WordRegionAttention
 from t2ifast.ops import generator_loss, matching_aware_loss
@@ -201,7 +202,8 @@ def test_gan_int_cls_step_under_bf16_autocast(tmp_path):
     config = load_config(overrides=[*TINY, "model=gan-int-cls"])
     torch.manual_seed(0)
     embed = _embed(dataset)
-    task = GANINTCLSTask(config, embed, Runtime(torch.device("cpu"), amp="bf16"))
+    image_encoder = ImageEncoder(32, input_size=32, width=4)  # the DAMSM loss of the default runs under bf16 too
+    task = GANINTCLSTask(config, embed, Runtime(torch.device("cpu"), amp="bf16"), image_encoder=image_encoder)
     before = {name: p.detach().clone() for name, p in task.generator.named_parameters()}
     _finite_losses(task.train_step(next(iter(_loader(dataset)))))
     assert _changed_float32_parameters(task.generator, before) == len(before)
