@@ -1,13 +1,14 @@
 """python -m t2ifast.train — train a text-to-image GAN (or pretrain its DAMSM text encoder).
 
 With no arguments: generate the synthetic captioned-shapes set (cached), pretrain the DAMSM text encoder on it
-(cached), train GAN-INT-CLS, train the style encoder, and end with a sample grid (captions under the images),
-interpolation and style-transfer grids and the caption-accuracy figure, all in the run folder.
+(cached), train GAN-INT-CLS (with AttnGAN's DAMSM loss on its generator: gan.damsm_weight), train the style
+encoder, and end with a sample grid (captions under the images), interpolation and style-transfer grids and the
+caption-accuracy figure, all in the run folder.
 `--model stackgan` trains Stage I (64×64) and then Stage II (256×256) on it; `--model attngan` trains the
 attentional multi-stage generator (64/128/256) with the DAMSM loss and adds the word-by-word attention maps.
 
     python -m t2ifast.train                                   # the default job, in runs/t2ifast
-    python -m t2ifast.train --config configs/gan-int-cls.yaml --data ~/data/birds --steps 20000
+    python -m t2ifast.train --config configs/gan-int-cls-birds.yaml --data ~/data/birds --steps 20000
     python -m t2ifast.train --model damsm --data ~/data/birds  # pretrain only the text encoder
     python -m t2ifast.train --config configs/attngan-birds.yaml --data ~/data/birds
     python -m t2ifast.train --resume                          # continue the run in --out from its last checkpoint
