@@ -216,8 +216,13 @@ def test_a_nan_loss_stops_the_run_and_keeps_what_it_reached(shapes, tmp_path):
     task = _task(dataset)
     embed, calls = task.embed, []
 
-    class Poisoned:  # the sentence embeddings turn NaN after a few calls; the DAMSM features stay finite
-        features = embed.features
+    class Poisoned:  # the text features turn NaN after a few calls (the task encodes its captions once a step)
+        rescale = embed.rescale
+
+        def features(self, batch, which="right"):
+            calls.append(which)
+            words, sentence = embed.features(batch, which)
+            return (words, sentence * float("nan")) if len(calls) > 8 else (words, sentence)
 
         def __call__(self, batch, which="right"):
             calls.append(which)

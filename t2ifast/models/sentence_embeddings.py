@@ -47,7 +47,10 @@ class DAMSMSentenceEmbeddings:
         return self
 
     def __call__(self, batch, which="right"):
-        sentence = self.features(batch, which)[1]
+        return self.rescale(self.features(batch, which)[1])
+
+    def rescale(self, sentence):
+        """φ(t) of the encoder's sentence features [B, hidden_dim]: rescaled to norm √hidden_dim."""
         return torch.nn.functional.normalize(sentence, dim=1) * self.embedding_dim**0.5
 
     @torch.no_grad()

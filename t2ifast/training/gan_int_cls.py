@@ -90,16 +90,21 @@ class GANINTCLSTask(GANTask):
             self._score_pairs = torch.compile(self._score_pairs)
         self._init_preview(preview_batch, preview_captions, gan.z_dim, device)
 
-    def texts(self, batch):
-        """(right, wrong or None) sentence embeddings of a batch."""
-        right = self.embed(batch, "right")
+    def texts(self, batch, sentence=None):
+        """(right, wrong or None) sentence embeddings of a batch; `sentence`: the DAMSM's sentence features of its
+        captions when already computed (then rescaled, not encoded again)."""
+        right = self.embed(batch, "right") if sentence is None else self.embed.rescale(sentence)
         if not self.matching_aware:
             return right, None
         return right, wrong_embeddings(self.embed, batch, right, self.config.gan.wrong_pairs)
 
     def train_step(self, batch):
         real = batch.images[64]
-        right, wrong = self.texts(batch)
+        # with the DAMSM loss, the text encoder runs once: its word and sentence features serve both
+        words = sentence = None
+        if self.damsm is not None:
+            words, sentence = self.embed.features(batch)
+        right, wrong = self.texts(batch, sentence)
         conditions = right
         if self.interpolate:
             half, beta = len(right) // 2, self.config.gan.interpolation_beta
@@ -124,9 +129,11 @@ class GANINTCLSTask(GANTask):
         g_loss = generator_loss(s_generated.float())
         losses = {"d_loss": d.loss, "d_real": d.real, "d_fake": d.fake}
         if self.damsm is not None:
-            word, sentence = self.damsm(fakes[: len(real)], batch, *self.embed.features(batch))
-            losses.update(g_adversarial=g_loss.detach(), g_damsm_word=word.detach(), g_damsm_sentence=sentence.detach())
-            g_loss = g_loss + self.config.gan.damsm_weight * (word + sentence)
+            word_loss, sentence_loss = self.damsm(fakes[: len(real)], batch, words, sentence)
+            losses.update(
+                g_adversarial=g_loss.detach(), g_damsm_word=word_loss.detach(), g_damsm_sentence=sentence_loss.detach()
+            )
+            g_loss = g_loss + self.config.gan.damsm_weight * (word_loss + sentence_loss)
         update(self.g_optimizer, g_loss)
         self.ema.update(self.generator)
         losses["g_loss"] = g_loss
