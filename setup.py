@@ -122,7 +122,14 @@ def extension_modules():
         return [os.path.relpath(path, HERE) for path in sorted(found)]
 
     sources = sources_ending(".cpp")
-    cxx_flags = ["-O3"]  # the C++ standard is torch's choice (C++20 from torch 2.13 on)
+    # The C++ standard is torch's choice (C++20 from torch 2.13 on). at::parallel_for is a header template that
+    # runs on torch's intra-op threads only when compiled with OpenMP, as torch is: without -fopenmp every CPU
+    # kernel would run on one thread. The extension then links the libgomp that torch has already loaded.
+    # `#pragma omp simd` (vectorised reductions in the CPU kernels) needs only -fopenmp-simd.
+    openmp = torch.backends.openmp.is_available() and sys.platform.startswith("linux")
+    openmp_flags = ["-fopenmp"] if openmp else ["-fopenmp-simd"]
+    cxx_flags = ["-O3", *openmp_flags]
+    link_flags = ["-fopenmp"] if openmp else []
     if want_cuda and cuda_home:
         sources += sources_ending(".cu")
         log(
@@ -133,6 +140,7 @@ def extension_modules():
             "t2ifast._C",
             sources,
             extra_compile_args={"cxx": cxx_flags, "nvcc": ["-O3", "-lineinfo"]},
+            extra_link_args=link_flags,
         )
     else:
         reason = (
@@ -141,7 +149,9 @@ def extension_modules():
             else ("T2IFAST_BUILD_CUDA=0" if not want_cuda else "no CUDA toolkit was found")
         )
         log(f"building CPU kernels only ({reason}).")
-        ext = cpp_extension.CppExtension("t2ifast._C", sources, extra_compile_args={"cxx": cxx_flags})
+        ext = cpp_extension.CppExtension(
+            "t2ifast._C", sources, extra_compile_args={"cxx": cxx_flags}, extra_link_args=link_flags
+        )
 
     class BuildExtension(cpp_extension.BuildExtension):
         """torch's builder, except that a failed compile installs the package without the extension."""

@@ -45,7 +45,21 @@ TORCH_LIBRARY(t2ifast, m) {
       " -> (Tensor grad_y, Tensor grad_scale, Tensor grad_shift)");
 }
 
-// `import t2ifast._C` runs the registrations above; the module itself holds nothing.
+// `import t2ifast._C` runs the registrations above. The module holds one fact about the build:
+// compiled_with_openmp, whether at::parallel_for in the CPU kernels runs on torch's intra-op threads (it is
+// a header template: compiled without OpenMP, every CPU kernel runs on one thread).
 static PyModuleDef t2ifast_module = {PyModuleDef_HEAD_INIT, "_C", "t2ifast operator library", -1, nullptr};
 
-PyMODINIT_FUNC PyInit__C(void) { return PyModule_Create(&t2ifast_module); }
+PyMODINIT_FUNC PyInit__C(void) {
+  PyObject* module = PyModule_Create(&t2ifast_module);
+#ifdef _OPENMP
+  const long openmp = 1;
+#else
+  const long openmp = 0;
+#endif
+  if (module != nullptr && PyModule_AddIntConstant(module, "compiled_with_openmp", openmp) != 0) {
+    Py_DECREF(module);
+    return nullptr;
+  }
+  return module;
+}

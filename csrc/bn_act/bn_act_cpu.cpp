@@ -1,7 +1,9 @@
 // CPU kernels of the fused BatchNorm + activation ops. Channels are independent, so every pass runs
 // in parallel over channels (statistics, backward sums) or over (sample, output channel) rows
-// (elementwise passes). Per-channel sums accumulate in double: exact enough for any batch, and the
-// statistics are two-pass (mean first, then the sum of squared deviations), never E[y^2] - E[y]^2.
+// (elementwise passes). The statistics are two-pass (mean first, then the sum of squared deviations),
+// never E[y^2] - E[y]^2. Sums run in vectorised opmath partial sums over chunks of at most kChunk elements,
+// and the chunks add up in double: exact enough for any batch. The activation is a template argument, so the per-element
+// loops of ReLU / LeakyReLU / none have no branch on it and vectorise too.
 #include "bn_act.h"
 
 #include <ATen/Dispatch.h>
@@ -11,14 +13,97 @@
 #include <ATen/ops/empty_like.h>
 #include <torch/library.h>
 
+#include <algorithm>
 #include <string_view>
 #include <tuple>
+#include <type_traits>
 #include <vector>
 
 namespace t2ifast {
 namespace {
 
 constexpr int64_t kGrain = 1;  // one channel of a generator layer is already thousands of elements
+constexpr int64_t kChunk = 1024;  // elements summed in opmath before the partial sum is added in double
+
+template <Activation A>
+using ActivationTag = std::integral_constant<Activation, A>;
+
+// Calls body(ActivationTag<act>{}): the activation becomes a compile-time constant inside body.
+template <typename Body>
+void with_activation(Activation act, const Body& body) {
+  switch (act) {
+    case Activation::Relu:
+      return body(ActivationTag<Activation::Relu>{});
+    case Activation::LeakyRelu:
+      return body(ActivationTag<Activation::LeakyRelu>{});
+    case Activation::Glu:
+      return body(ActivationTag<Activation::Glu>{});
+    default:
+      return body(ActivationTag<Activation::None>{});
+  }
+}
+
+// The sums below run over chunks of at most kChunk elements. Each chunk sums in acc_t under `omp simd`, which
+// lets the compiler split a floating-point sum into vector lanes (it never reorders a plain loop's sum), and
+// the chunks add up in double. Their loops stay simple on purpose: GCC leaves a reduction loop scalar when it
+// also holds the activation's comparison, so dL/dz is formed in a loop of its own first.
+
+// sum of x[i] for i < len.
+template <typename acc_t, typename scalar_t>
+inline acc_t chunk_sum(const scalar_t* x, int64_t len) {
+  acc_t sum = 0;
+#pragma omp simd reduction(+ : sum)
+  for (int64_t i = 0; i < len; ++i) sum += static_cast<acc_t>(x[i]);
+  return sum;
+}
+
+// sum of w[i] and of w[i] * (x[i] - center) for i < len (w = 1: the centred sums of the statistics).
+template <bool kWeighted, typename acc_t, typename scalar_t>
+inline void chunk_centred_sums(const acc_t* w, const scalar_t* x, int64_t len, acc_t center, double& sum_w,
+                               double& sum_wx) {
+  acc_t first = 0, second = 0;
+#pragma omp simd reduction(+ : first, second)
+  for (int64_t i = 0; i < len; ++i) {
+    const acc_t centred = static_cast<acc_t>(x[i]) - center;
+    if constexpr (kWeighted) {
+      first += w[i];
+      second += w[i] * centred;
+    } else {
+      first += centred;
+      second += centred * centred;
+    }
+  }
+  sum_w += static_cast<double>(first);
+  sum_wx += static_cast<double>(second);
+}
+
+// Channel c's batch mean and sum of squared deviations from it, in two passes over the channel. The second
+// pass centres on the mean rounded to acc_t (m) and corrects exactly: sum (y - mean)^2 = sum (y - m)^2 -
+// (sum (y - m))^2 / count, where sum (y - m) is tiny, so nothing cancels.
+template <typename scalar_t>
+void channel_moments(const scalar_t* y, const ChannelLayout& lay, int64_t c, double& mean, double& m2) {
+  using acc_t = at::opmath_type<scalar_t>;
+  const int64_t L = lay.inner;
+  double sum = 0;
+  for (int64_t n = 0; n < lay.batch; ++n) {
+    const scalar_t* row = y + (n * lay.channels + c) * L;
+    for (int64_t start = 0; start < L; start += kChunk) {
+      sum += static_cast<double>(chunk_sum<acc_t>(row + start, std::min(kChunk, L - start)));
+    }
+  }
+  const double count = static_cast<double>(lay.count());
+  mean = sum / count;
+  const acc_t m = static_cast<acc_t>(mean);
+  double deviations = 0, squares = 0;
+  for (int64_t n = 0; n < lay.batch; ++n) {
+    const scalar_t* row = y + (n * lay.channels + c) * L;
+    for (int64_t start = 0; start < L; start += kChunk) {
+      chunk_centred_sums<false>(static_cast<const acc_t*>(nullptr), row + start, std::min(kChunk, L - start), m,
+                                deviations, squares);
+    }
+  }
+  m2 = std::max(0.0, squares - deviations * deviations / count);
+}
 
 // out = act((y - center[c]) * scale[c] + shift[c]) (GLU: over channel pairs).
 template <typename scalar_t>
@@ -26,33 +111,36 @@ void affine_act_forward_kernel(const scalar_t* y, const double* scale, const dou
                                scalar_t* out, const ChannelLayout& lay, Activation act, double slope) {
   using opmath_t = at::opmath_type<scalar_t>;
   const int64_t L = lay.inner;
-  at::parallel_for(0, lay.batch * lay.out_channels, kGrain, [&](int64_t begin, int64_t end) {
-    for (int64_t row = begin; row < end; ++row) {
-      const int64_t n = row / lay.out_channels;
-      const int64_t c = row % lay.out_channels;
-      const scalar_t* ya = y + (n * lay.channels + c) * L;
-      scalar_t* o = out + row * L;
-      const opmath_t sa = static_cast<opmath_t>(scale[c]);
-      const opmath_t ta = static_cast<opmath_t>(shift[c]);
-      const opmath_t ma = static_cast<opmath_t>(center[c]);
-      if (act == Activation::Glu) {
-        const int64_t cb = c + lay.out_channels;
-        const scalar_t* yb = y + (n * lay.channels + cb) * L;
-        const opmath_t sb = static_cast<opmath_t>(scale[cb]);
-        const opmath_t tb = static_cast<opmath_t>(shift[cb]);
-        const opmath_t mb = static_cast<opmath_t>(center[cb]);
-        for (int64_t l = 0; l < L; ++l) {
-          const opmath_t a = (static_cast<opmath_t>(ya[l]) - ma) * sa + ta;
-          const opmath_t b = (static_cast<opmath_t>(yb[l]) - mb) * sb + tb;
-          o[l] = static_cast<scalar_t>(a * sigmoid_of(b));
-        }
-      } else {
-        const opmath_t s = static_cast<opmath_t>(slope);
-        for (int64_t l = 0; l < L; ++l) {
-          o[l] = static_cast<scalar_t>(activate((static_cast<opmath_t>(ya[l]) - ma) * sa + ta, act, s));
+  with_activation(act, [&](auto tag) {
+    constexpr Activation kAct = decltype(tag)::value;
+    at::parallel_for(0, lay.batch * lay.out_channels, kGrain, [&](int64_t begin, int64_t end) {
+      for (int64_t row = begin; row < end; ++row) {
+        const int64_t n = row / lay.out_channels;
+        const int64_t c = row % lay.out_channels;
+        const scalar_t* ya = y + (n * lay.channels + c) * L;
+        scalar_t* o = out + row * L;
+        const opmath_t sa = static_cast<opmath_t>(scale[c]);
+        const opmath_t ta = static_cast<opmath_t>(shift[c]);
+        const opmath_t ma = static_cast<opmath_t>(center[c]);
+        if constexpr (kAct == Activation::Glu) {
+          const int64_t cb = c + lay.out_channels;
+          const scalar_t* yb = y + (n * lay.channels + cb) * L;
+          const opmath_t sb = static_cast<opmath_t>(scale[cb]);
+          const opmath_t tb = static_cast<opmath_t>(shift[cb]);
+          const opmath_t mb = static_cast<opmath_t>(center[cb]);
+          for (int64_t l = 0; l < L; ++l) {
+            const opmath_t a = (static_cast<opmath_t>(ya[l]) - ma) * sa + ta;
+            const opmath_t b = (static_cast<opmath_t>(yb[l]) - mb) * sb + tb;
+            o[l] = static_cast<scalar_t>(a * sigmoid_of(b));
+          }
+        } else {
+          const opmath_t s = static_cast<opmath_t>(slope);
+          for (int64_t l = 0; l < L; ++l) {
+            o[l] = static_cast<scalar_t>(activate((static_cast<opmath_t>(ya[l]) - ma) * sa + ta, kAct, s));
+          }
         }
       }
-    }
+    });
   });
 }
 
@@ -62,42 +150,51 @@ template <typename scalar_t>
 void backward_sums_kernel(const scalar_t* grad_out, const scalar_t* y, const double* scale, const double* shift,
                           const double* center, double* sum_dz, double* sum_dzy, const ChannelLayout& lay,
                           Activation act, double slope) {
+  using opmath_t = at::opmath_type<scalar_t>;
   const int64_t L = lay.inner;
-  at::parallel_for(0, lay.out_channels, kGrain, [&](int64_t begin, int64_t end) {
-    for (int64_t c = begin; c < end; ++c) {
-      const int64_t cb = c + lay.out_channels;  // GLU's gate channel
-      double dz_a = 0, dzy_a = 0, dz_b = 0, dzy_b = 0;
-      for (int64_t n = 0; n < lay.batch; ++n) {
-        const scalar_t* g = grad_out + (n * lay.out_channels + c) * L;
-        const scalar_t* ya = y + (n * lay.channels + c) * L;
-        if (act == Activation::Glu) {
-          const scalar_t* yb = y + (n * lay.channels + cb) * L;
-          for (int64_t l = 0; l < L; ++l) {
-            const double a = (static_cast<double>(ya[l]) - center[c]) * scale[c] + shift[c];
-            const double b = (static_cast<double>(yb[l]) - center[cb]) * scale[cb] + shift[cb];
-            double ga, gb;
-            glu_grad(static_cast<double>(g[l]), a, b, ga, gb);
-            dz_a += ga;
-            dzy_a += ga * (static_cast<double>(ya[l]) - center[c]);
-            dz_b += gb;
-            dzy_b += gb * (static_cast<double>(yb[l]) - center[cb]);
-          }
-        } else {
-          for (int64_t l = 0; l < L; ++l) {
-            const double yv = static_cast<double>(ya[l]);
-            const double dz = activation_grad(static_cast<double>(g[l]), (yv - center[c]) * scale[c] + shift[c], act, slope);
-            dz_a += dz;
-            dzy_a += dz * (yv - center[c]);
+  with_activation(act, [&](auto tag) {
+    constexpr Activation kAct = decltype(tag)::value;
+    at::parallel_for(0, lay.out_channels, kGrain, [&](int64_t begin, int64_t end) {
+      for (int64_t c = begin; c < end; ++c) {
+        const int64_t cb = c + lay.out_channels;  // GLU's gate channel
+        const opmath_t sa = static_cast<opmath_t>(scale[c]), ta = static_cast<opmath_t>(shift[c]);
+        const opmath_t ma = static_cast<opmath_t>(center[c]);
+        const opmath_t s = static_cast<opmath_t>(slope);
+        double sums[4] = {0, 0, 0, 0};  // dz and dz * (y - center) of channel c, then of GLU's gate channel cb
+        opmath_t dz_a[kChunk], dz_b[kChunk];  // dL/dz of a chunk of channel c (and of cb)
+        for (int64_t n = 0; n < lay.batch; ++n) {
+          const scalar_t* g = grad_out + (n * lay.out_channels + c) * L;
+          const scalar_t* ya = y + (n * lay.channels + c) * L;
+          for (int64_t start = 0; start < L; start += kChunk) {
+            const int64_t len = std::min(kChunk, L - start);
+            if constexpr (kAct == Activation::Glu) {
+              const scalar_t* yb = y + (n * lay.channels + cb) * L;
+              const opmath_t sb = static_cast<opmath_t>(scale[cb]), tb = static_cast<opmath_t>(shift[cb]);
+              const opmath_t mb = static_cast<opmath_t>(center[cb]);
+              for (int64_t i = 0; i < len; ++i) {
+                const int64_t l = start + i;
+                const opmath_t a = (static_cast<opmath_t>(ya[l]) - ma) * sa + ta;
+                const opmath_t b = (static_cast<opmath_t>(yb[l]) - mb) * sb + tb;
+                glu_grad(static_cast<opmath_t>(g[l]), a, b, dz_a[i], dz_b[i]);
+              }
+              chunk_centred_sums<true>(dz_b, yb + start, len, mb, sums[2], sums[3]);
+            } else {
+              for (int64_t i = 0; i < len; ++i) {
+                const opmath_t z = (static_cast<opmath_t>(ya[start + i]) - ma) * sa + ta;
+                dz_a[i] = activation_grad(static_cast<opmath_t>(g[start + i]), z, kAct, s);
+              }
+            }
+            chunk_centred_sums<true>(dz_a, ya + start, len, ma, sums[0], sums[1]);
           }
         }
+        sum_dz[c] = sums[0];
+        sum_dzy[c] = sums[1];
+        if constexpr (kAct == Activation::Glu) {
+          sum_dz[cb] = sums[2];
+          sum_dzy[cb] = sums[3];
+        }
       }
-      sum_dz[c] = dz_a;
-      sum_dzy[c] = dzy_a;
-      if (act == Activation::Glu) {
-        sum_dz[cb] = dz_b;
-        sum_dzy[cb] = dzy_b;
-      }
-    }
+    });
   });
 }
 
@@ -108,36 +205,39 @@ void backward_elementwise_kernel(const scalar_t* grad_out, const scalar_t* y, co
                                  scalar_t* grad_y, const ChannelLayout& lay, Activation act, double slope) {
   using opmath_t = at::opmath_type<scalar_t>;
   const int64_t L = lay.inner;
-  at::parallel_for(0, lay.batch * lay.out_channels, kGrain, [&](int64_t begin, int64_t end) {
-    for (int64_t row = begin; row < end; ++row) {
-      const int64_t n = row / lay.out_channels;
-      const int64_t c = row % lay.out_channels;
-      const int64_t cb = c + lay.out_channels;
-      const scalar_t* g = grad_out + row * L;
-      const scalar_t* ya = y + (n * lay.channels + c) * L;
-      scalar_t* gya = grad_y + (n * lay.channels + c) * L;
-      const opmath_t sa = scale[c], ta = shift[c], ma = center[c], aa = alpha[c], ba = beta[c];
-      if (act == Activation::Glu) {
-        const scalar_t* yb = y + (n * lay.channels + cb) * L;
-        scalar_t* gyb = grad_y + (n * lay.channels + cb) * L;
-        const opmath_t sb = scale[cb], tb = shift[cb], mb = center[cb], ab = alpha[cb], bb = beta[cb];
-        for (int64_t l = 0; l < L; ++l) {
-          const opmath_t yav = static_cast<opmath_t>(ya[l]);
-          const opmath_t ybv = static_cast<opmath_t>(yb[l]);
-          opmath_t ga, gb;
-          glu_grad(static_cast<opmath_t>(g[l]), (yav - ma) * sa + ta, (ybv - mb) * sb + tb, ga, gb);
-          gya[l] = static_cast<scalar_t>(sa * ga - aa - ba * (yav - ma));
-          gyb[l] = static_cast<scalar_t>(sb * gb - ab - bb * (ybv - mb));
-        }
-      } else {
-        const opmath_t s = static_cast<opmath_t>(slope);
-        for (int64_t l = 0; l < L; ++l) {
-          const opmath_t yv = static_cast<opmath_t>(ya[l]);
-          const opmath_t dz = activation_grad(static_cast<opmath_t>(g[l]), (yv - ma) * sa + ta, act, s);
-          gya[l] = static_cast<scalar_t>(sa * dz - aa - ba * (yv - ma));
+  with_activation(act, [&](auto tag) {
+    constexpr Activation kAct = decltype(tag)::value;
+    at::parallel_for(0, lay.batch * lay.out_channels, kGrain, [&](int64_t begin, int64_t end) {
+      for (int64_t row = begin; row < end; ++row) {
+        const int64_t n = row / lay.out_channels;
+        const int64_t c = row % lay.out_channels;
+        const int64_t cb = c + lay.out_channels;
+        const scalar_t* g = grad_out + row * L;
+        const scalar_t* ya = y + (n * lay.channels + c) * L;
+        scalar_t* gya = grad_y + (n * lay.channels + c) * L;
+        const opmath_t sa = scale[c], ta = shift[c], ma = center[c], aa = alpha[c], ba = beta[c];
+        if constexpr (kAct == Activation::Glu) {
+          const scalar_t* yb = y + (n * lay.channels + cb) * L;
+          scalar_t* gyb = grad_y + (n * lay.channels + cb) * L;
+          const opmath_t sb = scale[cb], tb = shift[cb], mb = center[cb], ab = alpha[cb], bb = beta[cb];
+          for (int64_t l = 0; l < L; ++l) {
+            const opmath_t yav = static_cast<opmath_t>(ya[l]);
+            const opmath_t ybv = static_cast<opmath_t>(yb[l]);
+            opmath_t ga, gb;
+            glu_grad(static_cast<opmath_t>(g[l]), (yav - ma) * sa + ta, (ybv - mb) * sb + tb, ga, gb);
+            gya[l] = static_cast<scalar_t>(sa * ga - aa - ba * (yav - ma));
+            gyb[l] = static_cast<scalar_t>(sb * gb - ab - bb * (ybv - mb));
+          }
+        } else {
+          const opmath_t s = static_cast<opmath_t>(slope);
+          for (int64_t l = 0; l < L; ++l) {
+            const opmath_t centred = static_cast<opmath_t>(ya[l]) - ma;
+            const opmath_t dz = activation_grad(static_cast<opmath_t>(g[l]), centred * sa + ta, kAct, s);
+            gya[l] = static_cast<scalar_t>(sa * dz - aa - ba * centred);
+          }
         }
       }
-    }
+    });
   });
 }
 
@@ -178,23 +278,10 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor> bn_act_train_cpu(const at::Tensor
     scalar_t* rv = running_var.mutable_data_ptr<scalar_t>();
     stat_t* sm = save_mean.mutable_data_ptr<stat_t>();
     stat_t* si = save_invstd.mutable_data_ptr<stat_t>();
-    const int64_t L = lay.inner;
     at::parallel_for(0, lay.channels, kGrain, [&](int64_t begin, int64_t end) {
       for (int64_t c = begin; c < end; ++c) {
-        double sum = 0;
-        for (int64_t n = 0; n < lay.batch; ++n) {
-          const scalar_t* row = yp + (n * lay.channels + c) * L;
-          for (int64_t l = 0; l < L; ++l) sum += static_cast<double>(row[l]);
-        }
-        const double mean = sum / static_cast<double>(M);
-        double m2 = 0;
-        for (int64_t n = 0; n < lay.batch; ++n) {
-          const scalar_t* row = yp + (n * lay.channels + c) * L;
-          for (int64_t l = 0; l < L; ++l) {
-            const double d = static_cast<double>(row[l]) - mean;
-            m2 += d * d;
-          }
-        }
+        double mean, m2;
+        channel_moments(yp, lay, c, mean, m2);
         const double invstd = 1.0 / std::sqrt(m2 / static_cast<double>(M) + eps);
         // Saved statistics are rounded to stat_t; z = (y - mean) * scale + beta is formed from the rounded
         // values, as backward will form it. Centring first keeps z exact when |mean| >> std.
