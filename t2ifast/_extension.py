@@ -50,6 +50,8 @@ def _kernel_table():
 
 
 NATIVE_KERNELS = _kernel_table()
+# Whether the CPU kernels run on torch's intra-op threads (the extension was compiled with OpenMP).
+CPU_KERNELS_THREADED = LOADED and bool(getattr(importlib.import_module("t2ifast._C"), "compiled_with_openmp", 0))
 
 
 def has_native_kernel(op: str, device_type: str) -> bool:

@@ -25,7 +25,8 @@ def report():
         f"torch          {torch.__version__} (CUDA {torch.version.cuda or 'none: CPU build'})",
     ]
     if _extension.LOADED:
-        lines.append("extension      t2ifast._C loaded")
+        threads = "on torch's threads (OpenMP)" if _extension.CPU_KERNELS_THREADED else "on one thread (no OpenMP)"
+        lines.append(f"extension      t2ifast._C loaded; CPU kernels run {threads}")
         for op, devices in sorted(_extension.NATIVE_KERNELS.items()):
             lines.append(f"  {op:<32} kernels: {', '.join(sorted(devices)) or 'none'}")
     else:

@@ -100,11 +100,22 @@ def test_info_reports_the_build_truthfully():
     out = result.stdout
     assert f"torch          {torch.__version__}" in out
     if _extension.LOADED:
+        assert ("CPU kernels run on torch's threads" in out) == _extension.CPU_KERNELS_THREADED
         devices = ", ".join(sorted(_extension.NATIVE_KERNELS["matching_aware_loss"]))
         assert f"{'matching_aware_loss':<32} kernels: {devices}" in out
     else:
         assert "extension      not available" in out
     assert ("gpu 0" in out) == torch.cuda.is_available()
+
+
+def test_cpu_kernels_run_on_torchs_threads():
+    """at::parallel_for is a header template: an extension compiled without OpenMP runs every CPU kernel on one
+    thread. setup.py compiles with OpenMP wherever torch uses it on Linux."""
+    if not _extension.LOADED:
+        pytest.skip(f"the compiled extension is not available ({_extension.LOAD_ERROR})")
+    if not (torch.backends.openmp.is_available() and sys.platform.startswith("linux")):
+        pytest.skip("torch runs without OpenMP here, or not on Linux: setup.py builds without it")
+    assert _extension.CPU_KERNELS_THREADED
 
 
 def test_ci_build_has_cuda_kernels_when_required():
