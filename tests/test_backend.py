@@ -17,22 +17,36 @@ def test_automatic_choice_prefers_native_then_reference_on_cpu():
     assert _backend.select("matching_aware_loss", "cpu") == expected
 
 
-def test_an_op_whose_cpu_kernel_is_slower_stays_on_the_reference_for_cpu_tensors_unless_forced():
-    # damsm_word_scores declares native_on_cpu=False: auto picks the reference on CPU, native still when forced
+def _damsm_word_scores_call():
     words, regions, lengths = torch.randn(3, 8, 5), torch.randn(2, 8, 7), torch.tensor([5, 2, 1])
-    assert _backend.select("damsm_word_scores", "cpu", native_on_cpu=False) == "reference"
-    if _extension.has_native_kernel("damsm_word_scores", "cuda"):
-        assert _backend.select("damsm_word_scores", "cuda", native_on_cpu=False) == "native"
+    return lambda: t2ifast.ops.damsm_word_scores(words, lengths, regions)
+
+
+def _word_region_attention_call():
+    regions, words = torch.randn(2, 8, 7), torch.randn(2, 8, 5)
+    pad_mask = torch.tensor([[False] * 5, [False, False, True, True, True]])
+    return lambda: t2ifast.ops.word_region_attention(regions, words, pad_mask)
+
+
+@pytest.mark.parametrize(
+    "op, call", [("damsm_word_scores", _damsm_word_scores_call), ("word_region_attention", _word_region_attention_call)]
+)
+def test_an_op_whose_cpu_kernel_is_slower_stays_on_the_reference_for_cpu_tensors_unless_forced(op, call):
+    # these ops declare native_on_cpu=False: auto picks the reference on CPU, native still when forced
+    assert _backend.select(op, "cpu", native_on_cpu=False) == "reference"
+    if _extension.has_native_kernel(op, "cuda"):
+        assert _backend.select(op, "cuda", native_on_cpu=False) == "native"
+    run = call()
     with torch.profiler.profile(activities=[torch.profiler.ProfilerActivity.CPU]) as auto:
-        t2ifast.ops.damsm_word_scores(words, lengths, regions)
-    assert "t2ifast::damsm_word_scores" not in {event.name for event in auto.events()}
-    if _extension.has_native_kernel("damsm_word_scores", "cpu"):
+        run()
+    assert f"t2ifast::{op}" not in {event.name for event in auto.events()}
+    if _extension.has_native_kernel(op, "cpu"):
         with (
             t2ifast.backend("native"),
             torch.profiler.profile(activities=[torch.profiler.ProfilerActivity.CPU]) as forced,
         ):
-            t2ifast.ops.damsm_word_scores(words, lengths, regions)
-        assert "t2ifast::damsm_word_scores" in {event.name for event in forced.events()}
+            run()
+        assert f"t2ifast::{op}" in {event.name for event in forced.events()}
 
 
 def test_automatic_choice_on_cuda_without_native_kernel_is_triton():
