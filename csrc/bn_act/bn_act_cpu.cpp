@@ -2,8 +2,8 @@
 // in parallel over channels (statistics, backward sums) or over (sample, output channel) rows
 // (elementwise passes). The statistics are two-pass (mean first, then the sum of squared deviations),
 // never E[y^2] - E[y]^2. Sums run in vectorised opmath partial sums over chunks of at most kChunk elements,
-// and the chunks add up in double: exact enough for any batch. The activation is a template argument, so the per-element
-// loops of ReLU / LeakyReLU / none have no branch on it and vectorise too.
+// and the chunks add up in double: exact enough for any batch. The activation is a template argument, so the
+// per-element loops of ReLU / LeakyReLU / none have no branch on it and vectorise too.
 #include "bn_act.h"
 
 #include <ATen/Dispatch.h>
@@ -57,21 +57,29 @@ inline acc_t chunk_sum(const scalar_t* x, int64_t len) {
   return sum;
 }
 
-// sum of w[i] and of w[i] * (x[i] - center) for i < len (w = 1: the centred sums of the statistics).
-template <bool kWeighted, typename acc_t, typename scalar_t>
-inline void chunk_centred_sums(const acc_t* w, const scalar_t* x, int64_t len, acc_t center, double& sum_w,
-                               double& sum_wx) {
+// sum of (x[i] - center) and of (x[i] - center)^2 for i < len.
+template <typename acc_t, typename scalar_t>
+inline void add_chunk_deviations(const scalar_t* x, int64_t len, acc_t center, double& sum, double& squares) {
   acc_t first = 0, second = 0;
 #pragma omp simd reduction(+ : first, second)
   for (int64_t i = 0; i < len; ++i) {
     const acc_t centred = static_cast<acc_t>(x[i]) - center;
-    if constexpr (kWeighted) {
-      first += w[i];
-      second += w[i] * centred;
-    } else {
-      first += centred;
-      second += centred * centred;
-    }
+    first += centred;
+    second += centred * centred;
+  }
+  sum += static_cast<double>(first);
+  squares += static_cast<double>(second);
+}
+
+// sum of w[i] and of w[i] * (x[i] - center) for i < len.
+template <typename acc_t, typename scalar_t>
+inline void add_chunk_weighted_sums(const acc_t* w, const scalar_t* x, int64_t len, acc_t center, double& sum_w,
+                                    double& sum_wx) {
+  acc_t first = 0, second = 0;
+#pragma omp simd reduction(+ : first, second)
+  for (int64_t i = 0; i < len; ++i) {
+    first += w[i];
+    second += w[i] * (static_cast<acc_t>(x[i]) - center);
   }
   sum_w += static_cast<double>(first);
   sum_wx += static_cast<double>(second);
@@ -98,8 +106,7 @@ void channel_moments(const scalar_t* y, const ChannelLayout& lay, int64_t c, dou
   for (int64_t n = 0; n < lay.batch; ++n) {
     const scalar_t* row = y + (n * lay.channels + c) * L;
     for (int64_t start = 0; start < L; start += kChunk) {
-      chunk_centred_sums<false>(static_cast<const acc_t*>(nullptr), row + start, std::min(kChunk, L - start), m,
-                                deviations, squares);
+      add_chunk_deviations(row + start, std::min(kChunk, L - start), m, deviations, squares);
     }
   }
   m2 = std::max(0.0, squares - deviations * deviations / count);
@@ -177,14 +184,14 @@ void backward_sums_kernel(const scalar_t* grad_out, const scalar_t* y, const dou
                 const opmath_t b = (static_cast<opmath_t>(yb[l]) - mb) * sb + tb;
                 glu_grad(static_cast<opmath_t>(g[l]), a, b, dz_a[i], dz_b[i]);
               }
-              chunk_centred_sums<true>(dz_b, yb + start, len, mb, sums[2], sums[3]);
+              add_chunk_weighted_sums(dz_b, yb + start, len, mb, sums[2], sums[3]);
             } else {
               for (int64_t i = 0; i < len; ++i) {
                 const opmath_t z = (static_cast<opmath_t>(ya[start + i]) - ma) * sa + ta;
                 dz_a[i] = activation_grad(static_cast<opmath_t>(g[start + i]), z, kAct, s);
               }
             }
-            chunk_centred_sums<true>(dz_a, ya + start, len, ma, sums[0], sums[1]);
+            add_chunk_weighted_sums(dz_a, ya + start, len, ma, sums[0], sums[1]);
           }
         }
         sum_dz[c] = sums[0];
