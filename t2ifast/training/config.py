@@ -50,9 +50,10 @@ class TextConfig:
     embedding_dim: int = 128
     word_embedding_dim: int = 300
     encoder: str | None = None  # a DAMSM checkpoint to use instead of pretraining one
-    # 400: about 100 s on a 2-core CPU; with the DAMSM loss in the default job, 400 steps instead of 200 gave
-    # 78% instead of 71-73% colour at 600 GAN steps (the DAMSM judges the fakes as well as encoding the text)
-    pretrain_steps: int = 400
+    # 600: about 150 s on a 2-core CPU. With the DAMSM loss in the default job the DAMSM judges the fakes as well
+    # as encoding the text, and a longer pretraining pays: colour at 900 GAN steps went from 74% (200 steps) to
+    # 77-85% (400) to 84-85% (600) (docs/training-quality.md)
+    pretrain_steps: int = 600
     pretrain_batch_size: int = 48
     pretrain_lr: float = 2e-3
     image_encoder_width: int = 32
