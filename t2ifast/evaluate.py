@@ -4,11 +4,14 @@ Works on every GAN run (GAN-INT-CLS family, StackGAN, AttnGAN), with images draw
 (`FinishedRun.generate`). On the synthetic set: the caption accuracy — an attribute classifier trained on the set's
 real images (cached) predicts the shape, colour, size, position and background of images generated from held-out
 captions; the same classifier on the real held-out images gives the ceiling. With --r-precision: AttnGAN's
-R-precision with the run's DAMSM text and image encoders (t2ifast.evaluation.r_precision). With an Inception
+R-precision with the run's DAMSM text and image encoders (t2ifast.evaluation.r_precision). With
+--damsm-attributes (synthetic set): which attributes the run's DAMSM tells apart on the real held-out images, the
+ceiling of what a generator conditioned on it can follow (t2ifast.evaluation.damsm_attributes). With an Inception
 weights file: IS and FID (the real images at the generated size).
 
     python -m t2ifast.evaluate runs/t2ifast                      # caption accuracy (synthetic set runs)
     python -m t2ifast.evaluate runs/t2ifast --r-precision --r-images 30000 --r-splits 10 --seed 0
+    python -m t2ifast.evaluate runs/t2ifast --damsm-attributes 300
     python -m t2ifast.evaluate runs/t2ifast --inception-weights pt_inception-2015-12-05.pth
 """
 
@@ -21,12 +24,14 @@ import torch
 
 from t2ifast.data import generate_synthetic, load_attributes, make_loader, open_dataset
 from t2ifast.evaluation import (
+    attribute_discrimination,
     caption_accuracy,
     caption_accuracy_of_real_images,
+    damsm_scorers,
     evaluate_r_precision,
     load_or_train_attribute_classifier,
 )
-from t2ifast.training.artifacts import load_damsm_encoders, load_run
+from t2ifast.training.artifacts import VOCABULARY, load_damsm_encoders, load_run, load_vocabulary
 from t2ifast.training.config import image_sizes
 from t2ifast.visualize import accuracy_figure
 
@@ -57,7 +62,13 @@ def main(argv=None):
     r_precision.add_argument("--r-splits", type=int, default=10, help="splits for the mean and std (10)")
     r_precision.add_argument("--r-candidates", type=int, default=100, help="captions ranked per image (100)")
     r_precision.add_argument("--r-k", type=int, default=1, help="a hit when the true caption is in the top k (1)")
+    parser.add_argument(
+        "--damsm-attributes", type=int, nargs="?", const=300, default=None, metavar="IMAGES",
+        help="synthetic set: which attributes the run's DAMSM tells apart on this many real held-out images (300)",
+    )  # fmt: skip
     args = parser.parse_args(argv)
+    if args.damsm_attributes is not None and args.damsm_attributes < 1:
+        parser.error("--damsm-attributes must be at least 1")
     if args.max_samples < 1:
         parser.error("--max-samples must be at least 1")
     for name in ("r_images", "r_splits", "r_k"):
@@ -109,6 +120,20 @@ def evaluate(args):
             k=args.r_k, splits=args.r_splits, seed=args.seed, device=args.device, max_words=config.data.max_words,
         )  # fmt: skip
         report["r_precision"] = result.as_dict()
+    if args.damsm_attributes is not None:
+        if config.data.path != "synthetic":
+            raise ValueError("--damsm-attributes needs a run on the synthetic set (its captions' attributes are known)")
+        text_encoder, image_encoder = load_damsm_encoders(args.run, args.device)
+        scorers = damsm_scorers(
+            text_encoder, image_encoder, load_vocabulary(Path(args.run) / VOCABULARY), max_words=config.data.max_words,
+            gamma1=config.text.gamma1, gamma2=config.text.gamma2,
+        )  # fmt: skip
+        result = attribute_discrimination(
+            scorers, held_out, load_attributes(folder), max_samples=args.damsm_attributes, seed=args.seed,
+            device=args.device, image_size=size, progress=True,
+        )  # fmt: skip
+        print(result, file=sys.stderr)
+        report["damsm_attributes"] = result.as_dict()
     if args.inception_weights:
         from t2ifast.evaluation.inception_metrics import frechet_inception_distance, inception_score
 

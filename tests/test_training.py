@@ -317,9 +317,13 @@ def test_the_main_job_end_to_end(tmp_path):
     unknown = _run([sys.executable, "-m", "t2ifast.sample", str(out), "zzz qqq", "--out", str(tmp_path / "u.png")])
     assert unknown.returncode != 0 and "has no word of the model's vocabulary" in unknown.stderr
     evaluation = _run([sys.executable, "-m", "t2ifast.evaluate", str(out), "--max-samples", "8",
-                       "--r-precision", "--r-images", "8", "--r-splits", "2", "--r-candidates", "5"])  # fmt: skip
+                       "--r-precision", "--r-images", "8", "--r-splits", "2", "--r-candidates", "5",
+                       "--damsm-attributes", "4"])  # fmt: skip
     assert evaluation.returncode == 0, evaluation.stderr[-2000:]
-    assert '"caption_accuracy"' in evaluation.stdout and '"r_precision"' in evaluation.stdout
+    report = json.loads((out / "evaluation.json").read_text())
+    assert {"caption_accuracy", "r_precision", "damsm_attributes"} <= set(report)
+    assert report["damsm_attributes"]["count"] == 4
+    assert set(report["damsm_attributes"]["accuracy"]) == {"sentence", "word"}
 
 
 MULTI_STAGE = {  # model -> (settings, checkpoint folders, pictures)

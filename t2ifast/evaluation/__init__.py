@@ -1,5 +1,6 @@
 """Evaluation: the synthetic set's attribute classifier and caption accuracy; R-precision with the DAMSM encoders
-(AttnGAN's protocol, t2ifast.evaluation.r_precision); Inception Score and FID from a user-provided Inception
+(AttnGAN's protocol, t2ifast.evaluation.r_precision) and which caption attributes a DAMSM tells apart on real images
+(t2ifast.evaluation.damsm_attributes); Inception Score and FID from a user-provided Inception
 weights file (t2ifast.evaluation.inception_metrics, imported on use: it needs the `eval` extra).
 
     classifier, report = load_or_train_attribute_classifier(folder, "~/.cache/t2ifast/classifiers")
@@ -18,17 +19,21 @@ from t2ifast.evaluation.attribute_classifier import (
     train_attribute_classifier,
 )
 from t2ifast.evaluation.caption_accuracy import CaptionAccuracy, caption_accuracy, caption_accuracy_of_real_images
+from t2ifast.evaluation.damsm_attributes import AttributeDiscrimination, attribute_discrimination, damsm_scorers
 from t2ifast.evaluation.r_precision import RPrecision, draw_negatives, evaluate_r_precision, r_precision
 
 __all__ = [
     "CLASSIFIER_VERSION",
     "AttributeClassifier",
+    "AttributeDiscrimination",
     "CaptionAccuracy",
     "ClassifierReport",
     "RPrecision",
+    "attribute_discrimination",
     "caption_accuracy",
     "caption_accuracy_of_real_images",
     "chance_accuracy",
+    "damsm_scorers",
     "draw_negatives",
     "evaluate_r_precision",
     "frechet_inception_distance",

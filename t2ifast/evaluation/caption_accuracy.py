@@ -48,7 +48,7 @@ class CaptionAccuracy:
         return "\n".join(lines)
 
 
-def _subset(dataset, max_samples, seed):
+def subset_of(dataset, max_samples, seed):
     """A seeded random subset of max_samples samples in dataset order (the dataset is sorted by class, so its
     first samples would all be of a few classes)."""
     if max_samples is None or max_samples >= len(dataset):
@@ -81,7 +81,7 @@ def caption_accuracy(
     max_samples: score a seeded random subset of this many samples. Deterministic given `seed` (the captions are
     drawn by the loader's seeded generator; torch's global generator is seeded with it for `generate`, then
     restored)."""
-    dataset = _subset(dataset, max_samples, seed)
+    dataset = subset_of(dataset, max_samples, seed)
     missing = [key for key in dataset.keys if key not in attributes]
     if missing:
         raise KeyError(f"{len(missing)} samples of {dataset.name} have no attributes (e.g. {missing[0]!r}): "
