@@ -7,6 +7,7 @@ from kernel_testing import HAS_CUDA, kernel_backends, requires_cuda
 from torch import nn
 
 import t2ifast
+from t2ifast import _extension
 from t2ifast.ops import bn_act, deconv_bn_act, fold_batch_norm, upsample_conv_bn_act
 
 OP = "bn_act_train"
@@ -497,3 +498,21 @@ def test_torch_compile_fullgraph_cuda(backend):
     out = torch.compile(forward, fullgraph=True)(y, weight, bias, *compiled_running)
     expected = forward(y, weight, bias, running_mean, running_var)
     _assert_all_close([out, *compiled_running], [expected, running_mean, running_var], rtol=1e-5, atol=1e-5)
+
+
+@pytest.mark.parametrize("act", ACTS)
+def test_automatic_choice_on_cpu_keeps_glu_on_the_reference(act):
+    """GLU's C++ CPU kernel is slower than the reference (scalar exp): auto runs the reference for it on CPU, the
+    kernel for the other activations; forcing native still runs the kernel for GLU."""
+    y, state = torch.randn(4, 6, 5, 5), _bn_state(6)
+
+    def kernel_ran():
+        with torch.profiler.profile(activities=[torch.profiler.ProfilerActivity.CPU]) as profile:
+            bn_act(y, *state, training=True, act=act)
+        return "t2ifast::bn_act_train" in {event.name for event in profile.events()}
+
+    native = _extension.has_native_kernel(OP, "cpu")
+    assert kernel_ran() == (native and act != "glu")
+    if native:
+        with t2ifast.backend("native"):
+            assert kernel_ran()
