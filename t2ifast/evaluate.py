@@ -27,7 +27,7 @@ from t2ifast.evaluation import (
     attribute_discrimination,
     caption_accuracy,
     caption_accuracy_of_real_images,
-    damsm_scorers,
+    damsm_score,
     evaluate_r_precision,
     load_or_train_attribute_classifier,
 )
@@ -124,12 +124,12 @@ def evaluate(args):
         if config.data.path != "synthetic":
             raise ValueError("--damsm-attributes needs a run on the synthetic set (its captions' attributes are known)")
         text_encoder, image_encoder = load_damsm_encoders(args.run, args.device)
-        scorers = damsm_scorers(
+        score = damsm_score(
             text_encoder, image_encoder, load_vocabulary(Path(args.run) / VOCABULARY), max_words=config.data.max_words,
             gamma1=config.text.gamma1, gamma2=config.text.gamma2,
         )  # fmt: skip
         result = attribute_discrimination(
-            scorers, held_out, load_attributes(folder), max_samples=args.damsm_attributes, seed=args.seed,
+            score, held_out, load_attributes(folder), max_samples=args.damsm_attributes, seed=args.seed,
             device=args.device, image_size=size, progress=True,
         )  # fmt: skip
         print(result, file=sys.stderr)

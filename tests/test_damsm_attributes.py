@@ -7,7 +7,7 @@ import torch
 from t2ifast.data import ATTRIBUTES, generate_synthetic, load_attributes, open_dataset
 from t2ifast.data.captions import tokenize
 from t2ifast.data.synthetic import COLOURS
-from t2ifast.evaluation import attribute_discrimination, damsm_scorers
+from t2ifast.evaluation import attribute_discrimination, damsm_score
 from t2ifast.evaluation.damsm_attributes import caption_variants
 from t2ifast.models.image_encoder import ImageEncoder
 from t2ifast.models.text_encoder import TextEncoder
@@ -32,12 +32,12 @@ def drawn_colour(image):
 def colour_oracle(image, captions):
     colour = drawn_colour(image)
     named = [next(COLOUR_OF_WORD[w] for w in tokenize(c) if w in COLOUR_OF_WORD) for c in captions]
-    return torch.tensor([float(n == colour) for n in named])
+    return {"oracle": torch.tensor([float(n == colour) for n in named])}
 
 
 def test_an_oracle_for_one_attribute_scores_all_of_it_and_none_of_the_others(synthetic):
     result = attribute_discrimination(
-        {"oracle": colour_oracle}, open_dataset(synthetic, "test"), load_attributes(synthetic), max_samples=40
+        colour_oracle, open_dataset(synthetic, "test"), load_attributes(synthetic), max_samples=40
     )
     assert result.count == 40
     assert result.accuracy["oracle"]["colour"] == 1.0
@@ -57,18 +57,19 @@ def test_variants_differ_only_in_their_attribute():
         assert max(lengths) - min(lengths) <= 3, captions  # a few words swapped, the template kept
 
 
-def test_damsm_scorers_run_and_are_deterministic(synthetic):
+def test_damsm_score_runs_and_is_deterministic(synthetic):
     torch.manual_seed(0)
     dataset = open_dataset(synthetic, "train")
     vocabulary = dataset.vocabulary
     text_encoder = TextEncoder(len(vocabulary), embedding_dim=8, hidden_dim=16).eval()
     image_encoder = ImageEncoder(16, input_size=64, width=4).eval()
-    scorers = damsm_scorers(text_encoder, image_encoder, vocabulary)
+    score = damsm_score(text_encoder, image_encoder, vocabulary)
     options = {"max_samples": 6, "seed": 3}
     held_out, attributes = open_dataset(synthetic, "test"), load_attributes(synthetic)
-    first = attribute_discrimination(scorers, held_out, attributes, **options)
-    second = attribute_discrimination(scorers, held_out, attributes, **options)
+    first = attribute_discrimination(score, held_out, attributes, **options)
+    second = attribute_discrimination(score, held_out, attributes, **options)
     assert first.as_dict() == second.as_dict() and first.count == 6
+    assert set(first.accuracy) == {"sentence", "word"}
     for per_attribute in first.accuracy.values():
         assert set(per_attribute) == set(ATTRIBUTES)
         assert all(v in {k / 6 for k in range(7)} for v in per_attribute.values())
@@ -76,7 +77,7 @@ def test_damsm_scorers_run_and_are_deterministic(synthetic):
 
 def test_bad_inputs_are_named(synthetic):
     held_out = open_dataset(synthetic, "test")
-    with pytest.raises(ValueError, match="scorers"):
-        attribute_discrimination({}, held_out, load_attributes(synthetic))
+    with pytest.raises(ValueError, match="at least one named score"):
+        attribute_discrimination(lambda image, captions: {}, held_out, load_attributes(synthetic), max_samples=2)
     with pytest.raises(KeyError, match=r"attributes\.json"):
-        attribute_discrimination({"oracle": colour_oracle}, held_out, {}, max_samples=2)
+        attribute_discrimination(colour_oracle, held_out, {}, max_samples=2)

@@ -19,7 +19,7 @@ from t2ifast.evaluation.attribute_classifier import (
     train_attribute_classifier,
 )
 from t2ifast.evaluation.caption_accuracy import CaptionAccuracy, caption_accuracy, caption_accuracy_of_real_images
-from t2ifast.evaluation.damsm_attributes import AttributeDiscrimination, attribute_discrimination, damsm_scorers
+from t2ifast.evaluation.damsm_attributes import AttributeDiscrimination, attribute_discrimination, damsm_score
 from t2ifast.evaluation.r_precision import RPrecision, draw_negatives, evaluate_r_precision, r_precision
 
 __all__ = [
@@ -33,7 +33,7 @@ __all__ = [
     "caption_accuracy",
     "caption_accuracy_of_real_images",
     "chance_accuracy",
-    "damsm_scorers",
+    "damsm_score",
     "draw_negatives",
     "evaluate_r_precision",
     "frechet_inception_distance",

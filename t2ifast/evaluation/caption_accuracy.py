@@ -59,6 +59,16 @@ def subset_of(dataset, max_samples, seed):
     return dataset.subset(sorted(chosen.tolist()))
 
 
+def check_attributes_known(dataset, attributes, purpose):
+    """Raises KeyError naming a sample of `dataset` that `attributes` (load_attributes) does not know."""
+    missing = [key for key in dataset.keys if key not in attributes]
+    if missing:
+        raise KeyError(
+            f"{len(missing)} samples of {dataset.name} have no attributes (e.g. {missing[0]!r}): "
+            f"{purpose} needs the synthetic set's attributes.json (load_attributes)"
+        )
+
+
 @torch.no_grad()
 def caption_accuracy(
     generate,
@@ -82,10 +92,7 @@ def caption_accuracy(
     drawn by the loader's seeded generator; torch's global generator is seeded with it for `generate`, then
     restored)."""
     dataset = subset_of(dataset, max_samples, seed)
-    missing = [key for key in dataset.keys if key not in attributes]
-    if missing:
-        raise KeyError(f"{len(missing)} samples of {dataset.name} have no attributes (e.g. {missing[0]!r}): "
-                       "caption accuracy needs the synthetic set's attributes.json (load_attributes)")  # fmt: skip
+    check_attributes_known(dataset, attributes, "caption accuracy")
     classifier = classifier.to(device).eval()
     sizes = tuple(sorted({int(image_size), classifier.image_size}))
     loader = make_loader(

@@ -5,14 +5,15 @@ DAMSM does not tell apart: this measures that ceiling, on real images, before an
 
 For each held-out image and each attribute (shape, colour, size, position, background), the image's caption is
 written once per value of that attribute, the rest of the caption unchanged (`make_caption` with one seeded
-generator per image: the same template and words). Each scorer ranks those captions against the image; a hit when
-the true caption scores strictly higher than every variant (a tie is a miss, so a scorer blind to an attribute
-scores 0 on it, not chance). The DAMSM's two scorers: the sentence cosine (image code against sentence code, as
-R-precision ranks) and the word-level score R(image, caption) of `damsm_word_scores`.
+generator per image: the same template and words). A scoring function scores all of an image's captions at once,
+under one or more names; each named score ranks an attribute's captions, and a hit is the true caption scoring
+strictly higher than every variant (a tie is a miss, so a score blind to an attribute scores 0 on it, not chance).
+The DAMSM's two scores: the sentence cosine (image code against sentence code, as R-precision ranks) and the
+word-level score R(image, caption) of `damsm_word_scores`.
 
     text_encoder, image_encoder = load_damsm_encoders(run_dir)
-    scorers = damsm_scorers(text_encoder, image_encoder, vocabulary)
-    result = attribute_discrimination(scorers, open_dataset(folder, "test"), load_attributes(folder))
+    score = damsm_score(text_encoder, image_encoder, vocabulary)
+    result = attribute_discrimination(score, open_dataset(folder, "test"), load_attributes(folder))
     print(result)                     # a table: attribute, accuracy per scorer, chance
 """
 
@@ -24,7 +25,7 @@ import torch.nn.functional as F
 
 from t2ifast.data import make_loader
 from t2ifast.data.synthetic import ATTRIBUTES, make_caption
-from t2ifast.evaluation.caption_accuracy import subset_of
+from t2ifast.evaluation.caption_accuracy import check_attributes_known, subset_of
 from t2ifast.ops import damsm_word_scores
 
 
@@ -60,48 +61,35 @@ def caption_variants(record, attribute, seed):
     return captions, values.index(record[attribute])
 
 
-def damsm_scorers(text_encoder, image_encoder, vocabulary, *, max_words=18, gamma1=4.0, gamma2=5.0):
-    """{"sentence": score, "word": score} of a DAMSM, where score(image [1, 3, S, S], captions) -> [K] scores of
-    the K captions (free text) against the image."""
+def damsm_score(text_encoder, image_encoder, vocabulary, *, max_words=18, gamma1=4.0, gamma2=5.0):
+    """score(image [1, 3, S, S], captions) -> {"sentence": [K], "word": [K]}: a DAMSM's sentence cosine and word
+    score of K free-text captions against the image (each encoder runs once per call)."""
     from t2ifast.training.artifacts import encode_captions
 
-    def encode(image, captions):
+    def score(image, captions):
         batch = encode_captions(captions, vocabulary, max_words, image.device)
         words, sentence = text_encoder(batch.captions, batch.caption_lengths)
         regions, code = image_encoder(image)
-        return batch, words, sentence, regions, code
+        word = damsm_word_scores(words, batch.caption_lengths, regions.flatten(2), gamma1=gamma1, gamma2=gamma2)
+        return {"sentence": F.cosine_similarity(sentence, code.expand_as(sentence), dim=1), "word": word[0]}
 
-    def sentence_score(image, captions):
-        _, _, sentence, _, code = encode(image, captions)
-        return F.cosine_similarity(sentence, code.expand_as(sentence), dim=1)
-
-    def word_score(image, captions):
-        batch, words, _, regions, _ = encode(image, captions)
-        return damsm_word_scores(words, batch.caption_lengths, regions.flatten(2), gamma1=gamma1, gamma2=gamma2)[0]
-
-    return {"sentence": sentence_score, "word": word_score}
+    return score
 
 
 @torch.no_grad()
 def attribute_discrimination(
-    scorers, dataset, attributes, *, max_samples=300, seed=0, device="cpu", image_size=64, progress=False
+    score, dataset, attributes, *, max_samples=300, seed=0, device="cpu", image_size=64, progress=False
 ):
-    """How often each scorer ranks an image's true caption above all its one-attribute variants, per attribute.
+    """How often each named score ranks an image's true caption above all its one-attribute variants, per attribute.
 
-    scorers: {name: score(image [1, 3, S, S] in [-1, 1], captions) -> [K] scores}; dataset: the held-out
-    TextImageDataset of a synthetic set; attributes: t2ifast.data.load_attributes(folder). max_samples: a seeded
-    random subset of this many images (None: all). Returns an AttributeDiscrimination."""
-    if not scorers:
-        raise ValueError("scorers must name at least one scoring function")
+    score(image [1, 3, S, S] in [-1, 1], captions) -> {name: [K] scores of the K captions}, called once per image
+    with the variants of every attribute; dataset: the held-out TextImageDataset of a synthetic set; attributes:
+    t2ifast.data.load_attributes(folder). max_samples: a seeded random subset of this many images (None: all).
+    Returns an AttributeDiscrimination."""
     dataset = subset_of(dataset, max_samples, seed)
-    missing = [key for key in dataset.keys if key not in attributes]
-    if missing:
-        raise KeyError(
-            f"{len(missing)} samples of {dataset.name} have no attributes (e.g. {missing[0]!r}): "
-            "attribute discrimination needs the synthetic set's attributes.json (load_attributes)"
-        )
+    check_attributes_known(dataset, attributes, "attribute discrimination")
     loader = make_loader(dataset, 1, backend="torch", sizes=(image_size,), shuffle=False, augment=False, num_workers=0)
-    hits = {name: dict.fromkeys(ATTRIBUTES, 0) for name in scorers}
+    hits = {}
     batches = loader
     if progress:
         from tqdm.auto import tqdm
@@ -109,14 +97,21 @@ def attribute_discrimination(
         batches = tqdm(loader, total=len(dataset), desc="DAMSM attributes", leave=False, dynamic_ncols=True)
     count = 0
     for batch in batches:
-        image = batch.images[image_size].to(device)
         record = attributes[batch.keys[0]]
-        for attribute in ATTRIBUTES:
-            captions, truth = caption_variants(record, attribute, [seed, count])
-            for name, score in scorers.items():
-                scores = torch.as_tensor(score(image, captions)).float().cpu()
-                others = torch.cat([scores[:truth], scores[truth + 1 :]])
-                hits[name][attribute] += int(bool((scores[truth] > others).all()))
+        variants = {attribute: caption_variants(record, attribute, [seed, count]) for attribute in ATTRIBUTES}
+        captions = [caption for attribute_captions, _ in variants.values() for caption in attribute_captions]
+        scores = score(batch.images[image_size].to(device), captions)
+        if not scores:
+            raise ValueError("score must return at least one named score")
+        for name, values in scores.items():
+            values = torch.as_tensor(values).float().cpu()
+            per_attribute = hits.setdefault(name, dict.fromkeys(ATTRIBUTES, 0))
+            start = 0
+            for attribute, (attribute_captions, truth) in variants.items():
+                ranked = values[start : start + len(attribute_captions)]
+                others = torch.cat([ranked[:truth], ranked[truth + 1 :]])
+                per_attribute[attribute] += int(bool((ranked[truth] > others).all()))
+                start += len(attribute_captions)
         count += 1
     return AttributeDiscrimination(
         accuracy={name: {a: n / count for a, n in per.items()} for name, per in hits.items()},
