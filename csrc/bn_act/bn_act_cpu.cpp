@@ -112,42 +112,47 @@ void channel_moments(const scalar_t* y, const ChannelLayout& lay, int64_t c, dou
   m2 = std::max(0.0, squares - deviations * deviations / count);
 }
 
+// Calls body(ActivationTag<act>{}, n, c, row) for every (sample n, output channel c) row of the output, rows
+// split over torch's threads.
+template <typename Body>
+void for_each_output_row(const ChannelLayout& lay, Activation act, const Body& body) {
+  with_activation(act, [&](auto tag) {
+    at::parallel_for(0, lay.batch * lay.out_channels, kGrain, [&](int64_t begin, int64_t end) {
+      for (int64_t row = begin; row < end; ++row) body(tag, row / lay.out_channels, row % lay.out_channels, row);
+    });
+  });
+}
+
 // out = act((y - center[c]) * scale[c] + shift[c]) (GLU: over channel pairs).
 template <typename scalar_t>
 void affine_act_forward_kernel(const scalar_t* y, const double* scale, const double* shift, const double* center,
                                scalar_t* out, const ChannelLayout& lay, Activation act, double slope) {
   using opmath_t = at::opmath_type<scalar_t>;
   const int64_t L = lay.inner;
-  with_activation(act, [&](auto tag) {
+  for_each_output_row(lay, act, [&](auto tag, int64_t n, int64_t c, int64_t row) {
     constexpr Activation kAct = decltype(tag)::value;
-    at::parallel_for(0, lay.batch * lay.out_channels, kGrain, [&](int64_t begin, int64_t end) {
-      for (int64_t row = begin; row < end; ++row) {
-        const int64_t n = row / lay.out_channels;
-        const int64_t c = row % lay.out_channels;
-        const scalar_t* ya = y + (n * lay.channels + c) * L;
-        scalar_t* o = out + row * L;
-        const opmath_t sa = static_cast<opmath_t>(scale[c]);
-        const opmath_t ta = static_cast<opmath_t>(shift[c]);
-        const opmath_t ma = static_cast<opmath_t>(center[c]);
-        if constexpr (kAct == Activation::Glu) {
-          const int64_t cb = c + lay.out_channels;
-          const scalar_t* yb = y + (n * lay.channels + cb) * L;
-          const opmath_t sb = static_cast<opmath_t>(scale[cb]);
-          const opmath_t tb = static_cast<opmath_t>(shift[cb]);
-          const opmath_t mb = static_cast<opmath_t>(center[cb]);
-          for (int64_t l = 0; l < L; ++l) {
-            const opmath_t a = (static_cast<opmath_t>(ya[l]) - ma) * sa + ta;
-            const opmath_t b = (static_cast<opmath_t>(yb[l]) - mb) * sb + tb;
-            o[l] = static_cast<scalar_t>(a * sigmoid_of(b));
-          }
-        } else {
-          const opmath_t s = static_cast<opmath_t>(slope);
-          for (int64_t l = 0; l < L; ++l) {
-            o[l] = static_cast<scalar_t>(activate((static_cast<opmath_t>(ya[l]) - ma) * sa + ta, kAct, s));
-          }
-        }
+    const scalar_t* ya = y + (n * lay.channels + c) * L;
+    scalar_t* o = out + row * L;
+    const opmath_t sa = static_cast<opmath_t>(scale[c]);
+    const opmath_t ta = static_cast<opmath_t>(shift[c]);
+    const opmath_t ma = static_cast<opmath_t>(center[c]);
+    if constexpr (kAct == Activation::Glu) {
+      const int64_t cb = c + lay.out_channels;
+      const scalar_t* yb = y + (n * lay.channels + cb) * L;
+      const opmath_t sb = static_cast<opmath_t>(scale[cb]);
+      const opmath_t tb = static_cast<opmath_t>(shift[cb]);
+      const opmath_t mb = static_cast<opmath_t>(center[cb]);
+      for (int64_t l = 0; l < L; ++l) {
+        const opmath_t a = (static_cast<opmath_t>(ya[l]) - ma) * sa + ta;
+        const opmath_t b = (static_cast<opmath_t>(yb[l]) - mb) * sb + tb;
+        o[l] = static_cast<scalar_t>(a * sigmoid_of(b));
       }
-    });
+    } else {
+      const opmath_t s = static_cast<opmath_t>(slope);
+      for (int64_t l = 0; l < L; ++l) {
+        o[l] = static_cast<scalar_t>(activate((static_cast<opmath_t>(ya[l]) - ma) * sa + ta, kAct, s));
+      }
+    }
   });
 }
 
@@ -212,39 +217,33 @@ void backward_elementwise_kernel(const scalar_t* grad_out, const scalar_t* y, co
                                  scalar_t* grad_y, const ChannelLayout& lay, Activation act, double slope) {
   using opmath_t = at::opmath_type<scalar_t>;
   const int64_t L = lay.inner;
-  with_activation(act, [&](auto tag) {
+  for_each_output_row(lay, act, [&](auto tag, int64_t n, int64_t c, int64_t row) {
     constexpr Activation kAct = decltype(tag)::value;
-    at::parallel_for(0, lay.batch * lay.out_channels, kGrain, [&](int64_t begin, int64_t end) {
-      for (int64_t row = begin; row < end; ++row) {
-        const int64_t n = row / lay.out_channels;
-        const int64_t c = row % lay.out_channels;
-        const int64_t cb = c + lay.out_channels;
-        const scalar_t* g = grad_out + row * L;
-        const scalar_t* ya = y + (n * lay.channels + c) * L;
-        scalar_t* gya = grad_y + (n * lay.channels + c) * L;
-        const opmath_t sa = scale[c], ta = shift[c], ma = center[c], aa = alpha[c], ba = beta[c];
-        if constexpr (kAct == Activation::Glu) {
-          const scalar_t* yb = y + (n * lay.channels + cb) * L;
-          scalar_t* gyb = grad_y + (n * lay.channels + cb) * L;
-          const opmath_t sb = scale[cb], tb = shift[cb], mb = center[cb], ab = alpha[cb], bb = beta[cb];
-          for (int64_t l = 0; l < L; ++l) {
-            const opmath_t yav = static_cast<opmath_t>(ya[l]);
-            const opmath_t ybv = static_cast<opmath_t>(yb[l]);
-            opmath_t ga, gb;
-            glu_grad(static_cast<opmath_t>(g[l]), (yav - ma) * sa + ta, (ybv - mb) * sb + tb, ga, gb);
-            gya[l] = static_cast<scalar_t>(sa * ga - aa - ba * (yav - ma));
-            gyb[l] = static_cast<scalar_t>(sb * gb - ab - bb * (ybv - mb));
-          }
-        } else {
-          const opmath_t s = static_cast<opmath_t>(slope);
-          for (int64_t l = 0; l < L; ++l) {
-            const opmath_t centred = static_cast<opmath_t>(ya[l]) - ma;
-            const opmath_t dz = activation_grad(static_cast<opmath_t>(g[l]), centred * sa + ta, kAct, s);
-            gya[l] = static_cast<scalar_t>(sa * dz - aa - ba * centred);
-          }
-        }
+    const int64_t cb = c + lay.out_channels;
+    const scalar_t* g = grad_out + row * L;
+    const scalar_t* ya = y + (n * lay.channels + c) * L;
+    scalar_t* gya = grad_y + (n * lay.channels + c) * L;
+    const opmath_t sa = scale[c], ta = shift[c], ma = center[c], aa = alpha[c], ba = beta[c];
+    if constexpr (kAct == Activation::Glu) {
+      const scalar_t* yb = y + (n * lay.channels + cb) * L;
+      scalar_t* gyb = grad_y + (n * lay.channels + cb) * L;
+      const opmath_t sb = scale[cb], tb = shift[cb], mb = center[cb], ab = alpha[cb], bb = beta[cb];
+      for (int64_t l = 0; l < L; ++l) {
+        const opmath_t yav = static_cast<opmath_t>(ya[l]);
+        const opmath_t ybv = static_cast<opmath_t>(yb[l]);
+        opmath_t ga, gb;
+        glu_grad(static_cast<opmath_t>(g[l]), (yav - ma) * sa + ta, (ybv - mb) * sb + tb, ga, gb);
+        gya[l] = static_cast<scalar_t>(sa * ga - aa - ba * (yav - ma));
+        gyb[l] = static_cast<scalar_t>(sb * gb - ab - bb * (ybv - mb));
       }
-    });
+    } else {
+      const opmath_t s = static_cast<opmath_t>(slope);
+      for (int64_t l = 0; l < L; ++l) {
+        const opmath_t centred = static_cast<opmath_t>(ya[l]) - ma;
+        const opmath_t dz = activation_grad(static_cast<opmath_t>(g[l]), centred * sa + ta, kAct, s);
+        gya[l] = static_cast<scalar_t>(sa * dz - aa - ba * centred);
+      }
+    }
   });
 }
 
