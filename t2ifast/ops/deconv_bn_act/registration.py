@@ -107,4 +107,6 @@ for _suffix in SUFFIXES:
         _affine_act_backward(getattr(torch.ops.t2ifast, f"affine_act_backward{_suffix}")),
         setup_context=_affine_act_setup_context,
     )
-    _LIBRARY.impl(f"bn_act_train{_suffix}", _bn_act_train_autograd(_suffix), "Autograd")
+    # allow_override: triton_op (a custom_op) registers an Autograd kernel of its own, which this replaces;
+    # torch < 2.12 refuses that by default.
+    _LIBRARY.impl(f"bn_act_train{_suffix}", _bn_act_train_autograd(_suffix), "Autograd", allow_override=True)
