@@ -8,6 +8,7 @@
 #   gpu-tests  the tests that run on the GPU (their names end in _cuda): every CUDA and Triton kernel
 #              against the reference, fp32 and bf16, opcheck and torch.compile
 #   tests      the whole test suite
+#   profile    per op and backend at the issues' target shapes: wall vs kernel time, launches, top kernels
 #   sanitizer  compute-sanitizer memcheck on the native CUDA kernels' tests (works on Firecracker machines only)
 #   bench      the benchmarks, one pytest run per file (BENCH_FILES overrides the list), each with its JSON
 # The whole call keeps inside GPU_CHECK_BUDGET_S seconds (default 560, under the tool's 600 s limit): each phase
@@ -58,7 +59,7 @@ fi
 
 if wants gpu-tests; then
   step "GPU tests (every test whose name ends in _cuda)"
-  within 300 python3 -m pytest tests -q -k cuda -rfEs -p no:cacheprovider >"$LOGS/gpu-tests.log" 2>&1
+  within 300 python3 -m pytest tests -q -k cuda -rfEs --tb=short -p no:cacheprovider >"$LOGS/gpu-tests.log" 2>&1
   grep -E "^(FAILED|ERROR)|passed|failed" "$LOGS/gpu-tests.log" | tail -40
 fi
 
@@ -66,6 +67,11 @@ if wants tests; then
   step "the whole test suite"
   within 500 python3 -m pytest tests -q -rfE -p no:cacheprovider >"$LOGS/tests.log" 2>&1
   grep -E "^(FAILED|ERROR)|passed|failed" "$LOGS/tests.log" | tail -30
+fi
+
+if wants profile; then
+  step "profile: wall vs kernel time per op and backend"
+  within 120 python3 benchmarks/profile_ops.py 2>&1 | tee "$LOGS/profile.txt"
 fi
 
 if wants sanitizer; then

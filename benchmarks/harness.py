@@ -1,12 +1,15 @@
 """The benchmark harness: pytest-benchmark with GPU-aware timing.
 
 Every benchmark times one callable on the real model shapes (on a GPU) or on shrunken ones (the CPU
-smoke run in CI: ``pytest benchmarks --benchmark-disable`` runs each once). CUDA work is synchronised
-inside the timed call, warm-up rounds run first, and pytest-benchmark reports the median. Achieved
+smoke run in CI: ``pytest benchmarks --benchmark-disable`` runs each once). Each timed round runs the
+callable back to back enough times to last about 2 ms and synchronises CUDA once at its end; warm-up calls
+run first, and pytest-benchmark reports the median time per call. Achieved
 bandwidth or throughput goes to ``extra_info`` and is printed in the JSON (``--benchmark-json``).
 """
 
+import math
 import os
+import time
 
 import torch
 
@@ -18,16 +21,33 @@ ON_GPU = DEVICE == "cuda"
 SMOKE = not ON_GPU or os.environ.get("T2IFAST_BENCH_SMOKE") == "1"
 
 
-def _synchronized(fn):
-    if not ON_GPU:
-        return fn
+class _SyncEvery:
+    """fn, with a CUDA synchronize after every `every`-th call: a round of `every` back-to-back calls then costs
+    what the GPU needs (launches overlap the work) plus one synchronize, not one per call. A synchronize takes
+    hundreds of microseconds on the lent VMs, more than many of the ops timed here."""
 
-    def call(*args):
-        out = fn(*args)
-        torch.cuda.synchronize()
+    def __init__(self, fn, every):
+        self.fn, self.every, self.calls = fn, every, 0
+
+    def __call__(self, *args):
+        out = self.fn(*args)
+        self.calls += 1
+        if ON_GPU and self.calls % self.every == 0:
+            torch.cuda.synchronize()
         return out
 
-    return call
+
+def _iterations_per_round(fn, args, round_seconds=2e-3, most=100):
+    """Calls per timed round so that a round lasts about round_seconds (one call when a call is longer)."""
+    if not ON_GPU:
+        return 1
+    torch.cuda.synchronize()
+    start = time.perf_counter()
+    for _ in range(3):
+        fn(*args)
+    torch.cuda.synchronize()
+    per_call = (time.perf_counter() - start) / 3
+    return max(1, min(most, math.ceil(round_seconds / per_call)))
 
 
 def with_backend(name, fn):
@@ -47,10 +67,11 @@ def compiled_reference(fn):
 
 def measure(benchmark, fn, *args, bytes_moved=None, flops=None, rounds=50, warmup=5):
     """Time fn(*args); record median-based GB/s and TFLOP/s when the work is given."""
-    timed = _synchronized(fn)
     for _ in range(warmup if not benchmark.disabled else 0):
-        timed(*args)
-    result = benchmark.pedantic(timed, args=args, rounds=1 if benchmark.disabled else rounds, iterations=1)
+        fn(*args)
+    iterations = 1 if benchmark.disabled else _iterations_per_round(fn, args)
+    timed = _SyncEvery(fn, iterations)
+    result = benchmark.pedantic(timed, args=args, rounds=1 if benchmark.disabled else rounds, iterations=iterations)
     if not benchmark.disabled:
         median = benchmark.stats.stats.median
         if bytes_moved is not None:
