@@ -109,6 +109,8 @@ def _forward_kernel(
     BLOCK_T: tl.constexpr,
     BLOCK_N: tl.constexpr,
 ):
+    # torch.compile passes Python floats as fp64 arguments: keep the arithmetic in fp32 as in eager
+    gamma1, gamma2, eps = tl.cast(gamma1, tl.float32), tl.cast(gamma2, tl.float32), tl.cast(eps, tl.float32)
     pid = tl.program_id(0)
     i = pid // B
     j = pid % B
@@ -136,6 +138,8 @@ def _backward_kernel(
     BLOCK_T: tl.constexpr,
     BLOCK_N: tl.constexpr,
 ):
+    # torch.compile passes Python floats as fp64 arguments: keep the arithmetic in fp32 as in eager
+    gamma1, gamma2, eps = tl.cast(gamma1, tl.float32), tl.cast(gamma2, tl.float32), tl.cast(eps, tl.float32)
     pid = tl.program_id(0)
     i = pid // B
     j = pid % B

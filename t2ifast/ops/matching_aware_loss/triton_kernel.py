@@ -22,7 +22,8 @@ def _group_term(s_ptr, grad_ptr, n, target, scale, BLOCK: tl.constexpr, ACC: tl.
         x = tl.load(s_ptr + offsets, mask=mask, other=0.0).to(ACC)
         e = tl.exp(-tl.abs(x))  # in (0, 1]: neither softplus nor sigmoid overflows
         softplus = tl.maximum(x, 0.0) + tl.log(1.0 + e)
-        acc += tl.where(mask, softplus - target * x, 0.0)
+        # .to(ACC): torch.compile passes the Python float `target` as an fp64 argument, which would promote the sum
+        acc += tl.where(mask, softplus - target * x, 0.0).to(ACC)
         sigmoid = tl.where(x >= 0, 1.0 / (1.0 + e), e / (1.0 + e))
         tl.store(grad_ptr + offsets, ((sigmoid - target) * scale).to(grad_ptr.dtype.element_ty), mask=mask)
     return tl.sum(acc, axis=0) * scale

@@ -166,10 +166,11 @@ def _backward_kernel(
 
 
 def _mask_argument(pad_mask, fallback):
-    """The mask as bytes (1 = padding), or any tensor as an unread placeholder when there is none."""
+    """The mask as bytes (1 = padding), or any tensor as an unread placeholder when there is none. A copy, not
+    a bool -> uint8 view: torch.compile (torch 2.11) cannot lower that view."""
     if pad_mask is None:
         return fallback, False
-    return pad_mask.contiguous().view(torch.uint8), True
+    return pad_mask.to(torch.uint8).contiguous(), True
 
 
 @triton_op("t2ifast::word_region_attention_triton", mutates_args=())
