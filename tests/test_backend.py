@@ -56,6 +56,19 @@ def test_automatic_choice_on_cuda_without_native_kernel_is_triton():
     assert _backend.select("an_op_without_native_kernel", "cuda", has_triton_kernel=False) == "reference"
 
 
+def test_inputs_the_native_kernel_cannot_take_go_elsewhere_unless_native_is_forced():
+    limit = "its kernel takes at most 64 of these"
+    op = "matching_aware_loss"  # on CPU: the extension's kernel is there when the extension is
+    assert _backend.select(op, "cpu", native_limit=limit) == "reference"  # automatic: Triton only on CUDA
+    if _backend.TRITON_AVAILABLE:
+        assert _backend.select(op, "cuda", native_limit=limit) == "triton"
+    if _extension.has_native_kernel(op, "cpu"):
+        with t2ifast.backend("native"), pytest.raises(t2ifast.BackendUnavailableError, match=limit):
+            _backend.select(op, "cpu", native_limit=limit)
+    with t2ifast.backend("reference"):
+        assert _backend.select(op, "cpu", native_limit=limit) == "reference"
+
+
 def test_context_manager_forces_and_restores():
     before = _backend.forced_backend()
     with t2ifast.backend("reference"):

@@ -67,6 +67,13 @@ def _check_against_reference(backend, case, *, return_attn, device="cpu", dtype=
             assert g is None, name
             continue
         assert torch.isfinite(g).all(), name
+        if name == "grad_words" and dtype == torch.bfloat16:
+            # a sum over all N regions of bf16-rounded terms (Triton feeds the attention to its matrix product
+            # in bf16, as flash-attention does): single elements near zero carry the whole sum's rounding, so
+            # the sum is held to its relative norm error, which is about 2^-9 here
+            error = (g.double() - r).norm() / r.norm()
+            assert error < 1e-2, f"{name}: relative norm error {error:.2e} >= 1e-2"
+            continue
         torch.testing.assert_close(g, r.to(g.dtype), rtol=rtol, atol=atol, msg=lambda m, name=name: f"{name}: {m}")
 
 
@@ -269,7 +276,14 @@ def test_opcheck_cuda(backend):
 
 @requires_cuda
 @pytest.mark.parametrize("backend", kernel_backends(OP, "cuda")[:1] if HAS_CUDA else ["native"])
-def test_native_cuda_rejects_more_than_64_words(backend):
-    regions, words, _ = _inputs(1, 4, 10, 65, "none", device="cuda")
-    with t2ifast.backend(backend), pytest.raises(RuntimeError, match="at most 64 words"):
-        word_region_attention(regions, words)
+def test_native_cuda_more_than_64_words(backend):
+    """Forced native refuses T > 64 (checked in Python: the C++ check crashed the process on 2026-11-24, cause
+    not found); automatic selection passes native over and still matches the reference."""
+    regions, words, mask = _inputs(2, 4, 10, 65, "some_rows_fully_padded", device="cuda")
+    with t2ifast.backend(backend), pytest.raises(t2ifast.BackendUnavailableError, match="at most 64 words"):
+        word_region_attention(regions, words, mask)
+    context, attn = word_region_attention(regions, words, mask, return_attn=True)
+    with t2ifast.backend("reference"):
+        ref_context, ref_attn = word_region_attention(regions, words, mask, return_attn=True)
+    torch.testing.assert_close(context, ref_context, rtol=1e-4, atol=1e-4)
+    torch.testing.assert_close(attn, ref_attn, rtol=1e-4, atol=1e-4)

@@ -21,6 +21,8 @@ _OP = "word_region_attention"
 # map, 2 threads, this project's 2-core CPU (2026-11-24): B = 20, C = 32, T = 18, N = 64^2: 24.8 ms reference,
 # 34.5 ms native; N = 32^2: 5.6 against 9.5 ms. The CPU kernel runs when native is forced.
 NATIVE_ON_CPU = False
+# The CUDA kernel keeps each region's T scores in registers, instantiated for T up to this.
+NATIVE_CUDA_MAX_WORDS = 64
 
 
 def _check_arguments(regions, words, pad_mask):
@@ -37,6 +39,13 @@ def _check_arguments(regions, words, pad_mask):
             raise ValueError(f"pad_mask must be [B, T] = [{B}, {words.shape[2]}], got shape {tuple(pad_mask.shape)}")
         if pad_mask.device != regions.device:
             raise ValueError(f"pad_mask is on {pad_mask.device} but regions is on {regions.device}; they must match")
+
+
+def _native_limit(words):
+    T = words.shape[2]
+    if words.device.type == "cuda" and T > NATIVE_CUDA_MAX_WORDS:
+        return f"its CUDA kernel supports at most {NATIVE_CUDA_MAX_WORDS} words (T), got T = {T}"
+    return None
 
 
 def word_region_attention(regions, words, pad_mask=None, *, return_attn=False):
@@ -63,7 +72,7 @@ def word_region_attention(regions, words, pad_mask=None, *, return_attn=False):
     if isinstance(regions, torch.Tensor) and isinstance(words, torch.Tensor):
         regions, words = _autocast.cast_lower_precision(regions.device.type, regions, words)
     _check_arguments(regions, words, pad_mask)
-    backend = _backend.select(_OP, regions.device.type, native_on_cpu=NATIVE_ON_CPU)
+    backend = _backend.select(_OP, regions.device.type, native_on_cpu=NATIVE_ON_CPU, native_limit=_native_limit(words))
     if backend == "reference":
         return word_region_attention_reference(regions, words, pad_mask, return_attn)
     if backend == "native":
