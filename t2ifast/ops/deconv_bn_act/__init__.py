@@ -164,13 +164,16 @@ def _bn_act_train(y, weight, bias, running_mean, running_var, momentum, eps, act
 
 
 def _eval_scale_shift(weight, bias, running_mean, running_var, eps):
-    """BatchNorm in eval mode as y * scale + shift (differentiable in weight and bias)."""
-    scale = torch.rsqrt(running_var + eps)
+    """BatchNorm in eval mode as y * scale + shift (differentiable in weight and bias). Folded in at least
+    float32: bfloat16 / float16 parameters would round scale and shift (as F.batch_norm does not), and flip the
+    activation of outputs near zero."""
+    dtype = torch.promote_types(running_var.dtype, torch.float32)
+    scale = torch.rsqrt(running_var.to(dtype) + eps)
     if weight is not None:
-        scale = scale * weight
-    shift = -running_mean * scale
+        scale = scale * weight.to(dtype)
+    shift = -running_mean.to(dtype) * scale
     if bias is not None:
-        shift = shift + bias
+        shift = shift + bias.to(dtype)
     return scale, shift
 
 
