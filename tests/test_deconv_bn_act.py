@@ -58,7 +58,7 @@ def _assert_all_close(got, expected, summed_count=1, **tolerances):
     for index, (a, b) in enumerate(zip(got, expected, strict=True)):
         tol = dict(tolerances)
         if index in (2, 3) and "atol" in tol:
-            tol["atol"] *= max(1.0, math.sqrt(summed_count) / 16)
+            tol["atol"] *= max(1.0, math.sqrt(summed_count) / 8)
         torch.testing.assert_close(a, b, **tol, msg=lambda m, i=index: f"result {i}: {m}")
 
 
@@ -79,7 +79,7 @@ def test_bn_act_matches_reference_cpu(backend, act, shape, training):
     kwargs = {"training": training, "act": act, "momentum": 0.3, "eps": 1e-3, "negative_slope": 0.1}
     got = _run_bn_act(backend, y, *state, **kwargs)
     expected = _run_bn_act("reference", y, *state, **kwargs)
-    _assert_all_close(got, expected, rtol=1e-5, atol=1e-5)
+    _assert_all_close(got, expected, y.numel() // y.shape[1], rtol=1e-5, atol=1e-5)
     if training:  # the running statistics moved
         assert not torch.equal(got[4], state[2])
 
