@@ -170,7 +170,7 @@ def _mask_argument(pad_mask, fallback):
     a bool -> uint8 view: torch.compile (torch 2.11) cannot lower that view."""
     if pad_mask is None:
         return fallback, False
-    return pad_mask.to(torch.uint8).contiguous(), True
+    return pad_mask.to(torch.uint8, memory_format=torch.contiguous_format), True  # one copy, contiguous
 
 
 @triton_op("t2ifast::word_region_attention_triton", mutates_args=())
