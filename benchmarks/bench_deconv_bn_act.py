@@ -8,13 +8,24 @@ Shapes (on a GPU):
   to 128x128 and from 128x128 to 256x256, at AttnGAN's CUB batch size 20;
 - the whole DCGAN generator (t2ifast.fuse of the nn.Sequential) at batch 64.
 Modes: forward in training, forward+backward in training, forward in eval (BatchNorm folded).
-On a GPU extra_info also holds, for one forward+backward, the memory the forward keeps for backward
-(`kept_MB`: allocated after the forward, output included, minus before) and the peak (`peak_MB`).
+For forward+backward, extra_info holds what the forward saves for backward beyond the inputs and parameters
+(`saved_MB`, any device: the storages autograd packs; the reference's ReLU saves its output, the fused block
+recomputes the mask from the BatchNorm input) and, on a GPU, the memory allocated after the forward, output
+included (`kept_MB`), and the peak of one forward+backward (`peak_MB`).
 """
 
 import pytest
 import torch
-from harness import DEVICE, ON_GPU, SMOKE, available_backends, compiled_reference, measure, with_backend
+from harness import (
+    DEVICE,
+    ON_GPU,
+    SMOKE,
+    available_backends,
+    compiled_reference,
+    measure,
+    saved_for_backward_bytes,
+    with_backend,
+)
 from torch import nn
 
 import t2ifast
@@ -71,13 +82,20 @@ def _timed(implementation, fn):
 
 
 def _record_memory(benchmark, implementation, module, x, grad):
-    """Memory kept from forward to backward (output included) and the peak of one forward+backward."""
-    if not ON_GPU or implementation == "compiled_reference":  # compiled: measured by its own timing run
+    """What the forward saves for backward, and on a GPU the memory kept from forward to backward (output
+    included) and the peak of one forward+backward."""
+    if implementation == "compiled_reference":  # compiled: the graph decides what it saves
+        return
+    backend = "reference" if implementation == "reference" else implementation
+    saved = saved_for_backward_bytes(
+        with_backend(backend, module), x, exclude=[x, *module.parameters(), *module.buffers()]
+    )
+    benchmark.extra_info["saved_MB"] = saved / 2**20
+    if not ON_GPU:
         return
     torch.cuda.synchronize()
     base = torch.cuda.memory_allocated()
     torch.cuda.reset_peak_memory_stats()
-    backend = "reference" if implementation == "reference" else implementation
     with t2ifast.backend(backend):
         out = module(x)
         kept = torch.cuda.memory_allocated() - base

@@ -82,6 +82,25 @@ def measure(benchmark, fn, *args, bytes_moved=None, flops=None, rounds=50, warmu
     return result
 
 
+def saved_for_backward_bytes(fn, *args, exclude=()):
+    """Bytes of the distinct storages autograd saves for backward while fn(*args) runs, leaving out those of
+    `exclude` (the inputs and parameters, which exist whatever the layer keeps). Counts what a layer adds to
+    memory between forward and backward, on any device; an output the layer saves is counted (a following
+    layer may save it too: compare whole models to see that)."""
+    excluded = {t.untyped_storage().data_ptr() for t in exclude}
+    saved = {}
+
+    def pack(tensor):
+        storage = tensor.untyped_storage()
+        if storage.data_ptr() not in excluded:
+            saved[storage.data_ptr()] = storage.nbytes()
+        return tensor
+
+    with torch.autograd.graph.saved_tensors_hooks(pack, lambda tensor: tensor):
+        fn(*args)
+    return sum(saved.values())
+
+
 def available_backends(op, device_type=DEVICE, *, has_triton_kernel=True):
     """The fused backends that can run `op` here (the reference is benchmarked separately)."""
     from t2ifast import _backend

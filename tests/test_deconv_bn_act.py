@@ -11,6 +11,7 @@ from torch import nn
 import t2ifast
 from t2ifast import _extension
 from t2ifast.ops import bn_act, deconv_bn_act, fold_batch_norm, upsample_conv_bn_act
+from t2ifast.ops.deconv_bn_act.upsample_conv import upsample_conv2d
 
 OP = "bn_act_train"
 ACTS = ["relu", "leaky_relu", "glu", "none"]
@@ -278,6 +279,63 @@ def test_upsample_conv_bn_act_matches_modules(backend, training):
     _assert_all_close(
         [out, *grads, *running], [expected, *expected_grads, bn.running_mean, bn.running_var], rtol=1e-4, atol=1e-5
     )
+
+
+def _saved_storages(fn):
+    """The shapes of the tensors autograd saves for backward while fn() runs, and fn()'s result."""
+    shapes = []
+
+    def pack(tensor):
+        shapes.append(tuple(tensor.shape))
+        return tensor
+
+    with torch.autograd.graph.saved_tensors_hooks(pack, lambda tensor: tensor):
+        out = fn()
+    return shapes, out
+
+
+@pytest.mark.parametrize(
+    "scale_factor, conv", [(2, {"padding": 1}), (3, {"stride": 2, "padding": 0, "groups": 2, "dilation": 2})]
+)
+@pytest.mark.parametrize("bias", [True, False])
+def test_upsample_conv_keeps_x_not_the_upsampled_tensor(scale_factor, conv, bias):
+    torch.manual_seed(4)
+    x = torch.randn(2, 4, 5, 3, dtype=torch.float64, requires_grad=True)
+    weight = torch.randn(6, 4 // conv.get("groups", 1), 3, 3, dtype=torch.float64, requires_grad=True)
+    conv_bias = torch.randn(6, dtype=torch.float64, requires_grad=True) if bias else None
+    args = {"stride": 1, "dilation": 1, "groups": 1, **conv}
+    shapes, out = _saved_storages(lambda: upsample_conv2d(x, weight, conv_bias, scale_factor=scale_factor, **args))
+    upsampled = F.interpolate(x, scale_factor=scale_factor, mode="nearest")
+    assert tuple(upsampled.shape) not in shapes and tuple(x.shape) in shapes
+    expected = F.conv2d(upsampled, weight, conv_bias, **args)
+    inputs = [x, weight] + ([conv_bias] if bias else [])
+    grad = torch.randn_like(out)
+    torch.testing.assert_close(out, expected, rtol=1e-12, atol=1e-12)
+    for got, want in zip(
+        torch.autograd.grad(out, inputs, grad), torch.autograd.grad(expected, inputs, grad), strict=True
+    ):
+        torch.testing.assert_close(got, want, rtol=1e-12, atol=1e-12)
+    # only some inputs need a gradient
+    weight_only = torch.autograd.grad(
+        upsample_conv2d(x.detach(), weight, None, scale_factor=scale_factor, **args), weight, grad
+    )[0]
+    torch.testing.assert_close(
+        weight_only, torch.autograd.grad(F.conv2d(upsampled.detach(), weight, None, **args), weight, grad)[0]
+    )
+
+
+def test_upsample_conv_under_torch_compile():
+    torch._dynamo.reset()
+    torch.manual_seed(5)
+    x = torch.randn(2, 4, 5, 3, requires_grad=True)
+    weight = torch.randn(6, 4, 3, 3, requires_grad=True)
+
+    def step(x, weight):
+        out = upsample_conv2d(x, weight, None, scale_factor=2, stride=1, padding=1, dilation=1, groups=1)
+        return out, *torch.autograd.grad(out.square().sum(), [x, weight])
+
+    for got, want in zip(torch.compile(step)(x, weight), step(x, weight), strict=True):
+        torch.testing.assert_close(got, want, rtol=1e-5, atol=1e-5)
 
 
 # --- gradcheck, opcheck, torch.compile ------------------------------------------------------------

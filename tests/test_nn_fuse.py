@@ -163,6 +163,35 @@ def test_up_block_matches_attngan_up_block(backend):
     torch.testing.assert_close(nn.GLU(dim=1)(x), AttnGANGLU()(x))
 
 
+def _saved_bytes(module, x, backend):
+    """Bytes of the distinct storages autograd saves in module(x), other than x's, the parameters' and buffers'."""
+    exclude = {t.untyped_storage().data_ptr() for t in (x, *module.parameters(), *module.buffers())}
+    saved = {}
+
+    def pack(tensor):
+        storage = tensor.untyped_storage()
+        if storage.data_ptr() not in exclude:
+            saved[storage.data_ptr()] = storage.nbytes()
+        return tensor
+
+    with t2ifast.backend(backend), torch.autograd.graph.saved_tensors_hooks(pack, lambda tensor: tensor):
+        module(x)
+    return sum(saved.values())
+
+
+@pytest.mark.parametrize("backend", BACKENDS[1:])
+def test_fused_blocks_save_less_for_backward(backend):
+    """Issue 4's memory target, per block against the module sequence: the DCGAN block keeps the conv output y
+    only (the reference's ReLU also saves its output: half as much kept), the up-block keeps y and its input x
+    (the reference also keeps the 4x larger upsampled tensor and BatchNorm's output: a third as much)."""
+    torch.manual_seed(6)
+    x = torch.randn(4, 16, 8, 8, requires_grad=True)
+    deconv = DeconvBNAct(16, 8, 4, 2, 1)
+    assert _saved_bytes(deconv, x, backend) == _saved_bytes(deconv, x, "reference") // 2
+    up = UpBlock(16, 8)
+    assert _saved_bytes(up, x, backend) * 3 == _saved_bytes(up, x, "reference")
+
+
 # --- fuse() ---------------------------------------------------------------------------------------
 
 

@@ -6,7 +6,8 @@ The convolution stays with ATen (cuDNN on a GPU); what surrounds it is fused:
   merges, never E[y^2] - E[y]^2) and updates the running statistics in place as nn.BatchNorm2d does,
   one pass writes act(BatchNorm(y)). Backward keeps only the conv output y and two numbers per channel
   (mean, invstd): the activation's mask / GLU gate is recomputed from them, and the activation's backward
-  is fused with BatchNorm's (one reduction pass, one elementwise pass);
+  is fused with BatchNorm's (one reduction pass, one elementwise pass). The up-block's convolution keeps its
+  input x, not the upsampled tensor (4x larger), and redoes the nearest upsampling in backward;
 - eval: BatchNorm is folded into the convolution's weight and bias, and the bias is added together
   with the activation in one pass.
 
@@ -30,6 +31,7 @@ from .reference import (
     deconv_bn_act_reference,
     upsample_conv_bn_act_reference,
 )
+from .upsample_conv import upsample_conv2d
 
 __all__ = ["bn_act", "deconv_bn_act", "fold_batch_norm", "upsample_conv_bn_act"]
 
@@ -415,9 +417,8 @@ def upsample_conv_bn_act(
             act=act,
             negative_slope=negative_slope,
         )
-    upsampled = F.interpolate(x, scale_factor=scale_factor, mode="nearest")
     if training:
-        y = F.conv2d(upsampled, weight, bias, **conv_args)
+        y = upsample_conv2d(x, weight, bias, scale_factor=scale_factor, **conv_args)
         return bn_act(
             y,
             bn_weight,
@@ -433,5 +434,6 @@ def upsample_conv_bn_act(
     folded_weight, folded_bias = fold_batch_norm(
         weight, bias, bn_weight, bn_bias, running_mean, running_var, eps, transposed=False
     )
-    y = F.conv2d(upsampled, folded_weight.to(weight.dtype), None, **conv_args)  # float32 with mixed precision
+    # folded in float32 with mixed precision
+    y = upsample_conv2d(x, folded_weight.to(weight.dtype), None, scale_factor=scale_factor, **conv_args)
     return _affine_act(y, torch.ones_like(folded_bias), folded_bias, act, negative_slope)
