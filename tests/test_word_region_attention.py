@@ -15,6 +15,7 @@ CASES = [
     (3, 20, 50, 7, "some_rows_fully_padded"),
     (1, 8, 19, 1, "none"),
     (2, 33, 129, 18, "random"),
+    (2, 40, 300, 9, "some_rows_fully_padded"),  # 3 tiles of 128 regions: a Triton backward program walks two
     (4, 5, 1, 3, "first_word_only"),
     (2, 6, 20, 70, "random"),  # T beyond the CUDA kernel's 64: CPU and Triton take any T
 ]

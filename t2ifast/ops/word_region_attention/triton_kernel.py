@@ -5,18 +5,29 @@ padded to powers of two, T to at least 16 for ``tl.dot``): the scores are one [B
 product, the softmax over T stays in registers, and the context is one [C, T] x [T, BLOCK_N] product.
 Only context and the per-region log-sum-exp are written, plus the attention when it is asked for.
 
-Backward recomputes the attention from the log-sum-exp, writes grad_regions, and reduces grad_words over
-its tile with two more products; the per-tile partial sums ([B, tiles, C, T], float32) are added up
-afterwards in a fixed order, so the result is deterministic.
+Backward recomputes the attention from the log-sum-exp and writes grad_regions. grad_words takes two more
+products per tile; each program walks several tiles of its sample (enough programs to fill the GPU a few
+times over) and sums them in registers, and the per-program partial sums ([B, programs, C, T], float32) are
+added up afterwards in a fixed order, so the result is deterministic.
+
+float32 products use three TF32 tensor-core passes ("tf32x3": about float32's accuracy; one TF32 pass would
+lose ~3 digits against the reference), float64 exact ones; half-precision inputs use the tensor cores as
+they are.
 """
+
+import functools
+
 
 import torch
 import triton
 import triton.language as tl
 from torch.library import triton_op, wrap_triton
 
-# Elements of the [C, BLOCK_N] tiles a program holds (sets BLOCK_N from C).
+# Elements of the [C, BLOCK_N] tiles a program holds (sets BLOCK_N from C), and warps per program.
 TILE_ELEMENTS = 8192
+NUM_WARPS = 4
+# Backward programs per GPU multiprocessor (each walks its share of a sample's tiles).
+PROGRAMS_PER_SM = 4
 
 
 def _blocks(channels, words):
@@ -26,19 +37,26 @@ def _blocks(channels, words):
     return block_c, block_t, block_n
 
 
-def _exact_dot(dtype):
-    # float32 inputs: exact float32 products (TF32 would lose ~3 digits against the reference);
-    # float64 must be exact too; half-precision inputs use the tensor cores as they are
-    return dtype in (torch.float32, torch.float64)
+def _dot_precision(dtype):
+    return {torch.float32: "tf32x3", torch.float64: "ieee"}.get(dtype, "tf32")  # "tf32": ignored for halves
+
+
+@functools.cache
+def _multiprocessors(device_index):
+    return torch.cuda.get_device_properties(device_index).multi_processor_count
+
+
+def _programs_per_sample(device, batch, tiles):
+    """Backward programs per sample: PROGRAMS_PER_SM per multiprocessor over the batch, at most one per tile.
+    Without a GPU (the interpreter) two, so that the tile loop is exercised."""
+    processors = _multiprocessors(device.index or 0) if device.type == "cuda" else 1
+    target = PROGRAMS_PER_SM * processors if device.type == "cuda" else 2
+    return max(1, min(tiles, triton.cdiv(target, max(batch, 1))))
 
 
 @triton.jit
-def _dot(a, b, EXACT: tl.constexpr):
-    if EXACT:
-        c = tl.dot(a, b, input_precision="ieee")
-    else:
-        c = tl.dot(a, b)
-    return c
+def _dot(a, b, PRECISION: tl.constexpr):
+    return tl.dot(a, b, input_precision=PRECISION)
 
 
 @triton.jit
@@ -55,7 +73,7 @@ def _scores(
     BLOCK_C: tl.constexpr,
     BLOCK_T: tl.constexpr,
     BLOCK_N: tl.constexpr,
-    EXACT_DOT: tl.constexpr,
+    PRECISION: tl.constexpr,
 ):
     """The tile's regions [BLOCK_C, BLOCK_N], words [BLOCK_C, BLOCK_T], scores [BLOCK_N, BLOCK_T] and the
     validity of each word (padded words and the columns past T are invalid)."""
@@ -70,7 +88,7 @@ def _scores(
     if HAS_MASK:
         padded = tl.load(mask_ptr + b * T + offs_t, mask=in_t, other=1)
         valid = valid & (padded == 0)
-    s = _dot(tl.trans(r), w, EXACT_DOT)
+    s = _dot(tl.trans(r), w, PRECISION)
     return r, w, s, valid, offs_c, offs_t, offs_n
 
 
@@ -90,12 +108,12 @@ def _forward_kernel(
     BLOCK_C: tl.constexpr,
     BLOCK_T: tl.constexpr,
     BLOCK_N: tl.constexpr,
-    EXACT_DOT: tl.constexpr,
+    PRECISION: tl.constexpr,
 ):
     pid_n = tl.program_id(0)
     b = tl.program_id(1)
     _r, w, s, valid, offs_c, offs_t, offs_n = _scores(
-        r_ptr, w_ptr, mask_ptr, b, pid_n, C, N, T, HAS_MASK, BLOCK_C, BLOCK_T, BLOCK_N, EXACT_DOT
+        r_ptr, w_ptr, mask_ptr, b, pid_n, C, N, T, HAS_MASK, BLOCK_C, BLOCK_T, BLOCK_N, PRECISION
     )
     s = tl.where(valid[None, :], s, float("-inf"))
     m = tl.max(s, axis=1)
@@ -107,7 +125,7 @@ def _forward_kernel(
     lse = tl.where(empty, float("inf"), m + tl.log(total))
     in_n = offs_n < N
     tl.store(lse_ptr + b * N + offs_n, lse, mask=in_n)
-    ctx = _dot(w, tl.trans(p.to(w.dtype)), EXACT_DOT)  # [BLOCK_C, BLOCK_N]
+    ctx = _dot(w, tl.trans(p.to(w.dtype)), PRECISION)  # [BLOCK_C, BLOCK_N]
     ctx_mask = (offs_c < C)[:, None] & in_n[None, :]
     tl.store(
         ctx_ptr + b * C * N + offs_c[:, None] * N + offs_n[None, :], ctx.to(ctx_ptr.dtype.element_ty), mask=ctx_mask
@@ -116,6 +134,49 @@ def _forward_kernel(
         attn_mask = in_n[:, None] & (offs_t < T)[None, :]
         attn_offsets = b * T * N + offs_t[None, :] * N + offs_n[:, None]
         tl.store(attn_ptr + attn_offsets, p.to(attn_ptr.dtype.element_ty), mask=attn_mask)
+
+
+@triton.jit
+def _backward_tile(
+    g_ptr,
+    gattn_ptr,
+    r_ptr,
+    w_ptr,
+    mask_ptr,
+    lse_ptr,
+    gr_ptr,
+    b,
+    pid_n,
+    C,
+    N,
+    T,
+    HAS_MASK: tl.constexpr,
+    HAS_GRAD_ATTN: tl.constexpr,
+    BLOCK_C: tl.constexpr,
+    BLOCK_T: tl.constexpr,
+    BLOCK_N: tl.constexpr,
+    PRECISION: tl.constexpr,
+):
+    """Writes grad_regions of tile pid_n of sample b; returns the tile's share of grad_words [BLOCK_C, BLOCK_T]."""
+    r, w, s, valid, offs_c, offs_t, offs_n = _scores(
+        r_ptr, w_ptr, mask_ptr, b, pid_n, C, N, T, HAS_MASK, BLOCK_C, BLOCK_T, BLOCK_N, PRECISION
+    )
+    in_n = offs_n < N
+    in_c = offs_c < C
+    lse = tl.load(lse_ptr + b * N + offs_n, mask=in_n, other=float("inf"))
+    # lse = +inf (fully padded sample, or past N): the attention is 0
+    p = tl.where(valid[None, :], tl.exp(s - lse[:, None]), 0.0)
+    tile = in_c[:, None] & in_n[None, :]
+    g = tl.load(g_ptr + b * C * N + offs_c[:, None] * N + offs_n[None, :], mask=tile)
+    dp = _dot(tl.trans(g), w, PRECISION)  # [BLOCK_N, BLOCK_T]
+    if HAS_GRAD_ATTN:
+        attn_mask = in_n[:, None] & (offs_t < T)[None, :]
+        dp += tl.load(gattn_ptr + b * T * N + offs_t[None, :] * N + offs_n[:, None], mask=attn_mask).to(tl.float32)
+    delta = tl.sum(p * dp, axis=1)
+    ds = p * (dp - delta[:, None])
+    gr = _dot(w, tl.trans(ds.to(w.dtype)), PRECISION)  # [BLOCK_C, BLOCK_N]
+    tl.store(gr_ptr + b * C * N + offs_c[:, None] * N + offs_n[None, :], gr.to(gr_ptr.dtype.element_ty), mask=tile)
+    return _dot(r, ds.to(r.dtype), PRECISION) + _dot(g, p.to(g.dtype), PRECISION)
 
 
 @triton.jit
@@ -136,32 +197,21 @@ def _backward_kernel(
     BLOCK_C: tl.constexpr,
     BLOCK_T: tl.constexpr,
     BLOCK_N: tl.constexpr,
-    EXACT_DOT: tl.constexpr,
+    PRECISION: tl.constexpr,
 ):
-    pid_n = tl.program_id(0)
+    """Program (pid, b) walks tiles pid, pid + programs, ... of sample b and writes its sum of their grad_words."""
+    pid = tl.program_id(0)
     b = tl.program_id(1)
-    r, w, s, valid, offs_c, offs_t, offs_n = _scores(
-        r_ptr, w_ptr, mask_ptr, b, pid_n, C, N, T, HAS_MASK, BLOCK_C, BLOCK_T, BLOCK_N, EXACT_DOT
-    )
-    in_n = offs_n < N
-    in_c = offs_c < C
-    lse = tl.load(lse_ptr + b * N + offs_n, mask=in_n, other=float("inf"))
-    # lse = +inf (fully padded sample, or past N): the attention is 0
-    p = tl.where(valid[None, :], tl.exp(s - lse[:, None]), 0.0)
-    tile = in_c[:, None] & in_n[None, :]
-    g = tl.load(g_ptr + b * C * N + offs_c[:, None] * N + offs_n[None, :], mask=tile)
-    dp = _dot(tl.trans(g), w, EXACT_DOT)  # [BLOCK_N, BLOCK_T]
-    if HAS_GRAD_ATTN:
-        attn_mask = in_n[:, None] & (offs_t < T)[None, :]
-        dp += tl.load(gattn_ptr + b * T * N + offs_t[None, :] * N + offs_n[:, None], mask=attn_mask).to(tl.float32)
-    delta = tl.sum(p * dp, axis=1)
-    ds = p * (dp - delta[:, None])
-    gr = _dot(w, tl.trans(ds.to(w.dtype)), EXACT_DOT)  # [BLOCK_C, BLOCK_N]
-    tl.store(gr_ptr + b * C * N + offs_c[:, None] * N + offs_n[None, :], gr.to(gr_ptr.dtype.element_ty), mask=tile)
-    gw = _dot(r, ds.to(r.dtype), EXACT_DOT)  # [BLOCK_C, BLOCK_T]
-    gw += _dot(g, p.to(g.dtype), EXACT_DOT)
-    tiles = tl.num_programs(0)
-    partial = partial_ptr + (b * tiles + pid_n) * BLOCK_C * BLOCK_T
+    programs = tl.num_programs(0)
+    gw = tl.zeros([BLOCK_C, BLOCK_T], dtype=partial_ptr.dtype.element_ty)
+    for pid_n in range(pid, tl.cdiv(N, BLOCK_N), programs):
+        gw += _backward_tile(
+            g_ptr, gattn_ptr, r_ptr, w_ptr, mask_ptr, lse_ptr, gr_ptr, b, pid_n, C, N, T,
+            HAS_MASK, HAS_GRAD_ATTN, BLOCK_C, BLOCK_T, BLOCK_N, PRECISION,
+        )  # fmt: skip
+    offs_c = tl.arange(0, BLOCK_C)
+    offs_t = tl.arange(0, BLOCK_T)
+    partial = partial_ptr + (b * programs + pid) * BLOCK_C * BLOCK_T
     tl.store(partial + offs_c[:, None] * BLOCK_T + offs_t[None, :], gw)
 
 
@@ -202,7 +252,8 @@ def word_region_attention_triton(
             BLOCK_C=block_c,
             BLOCK_T=block_t,
             BLOCK_N=block_n,
-            EXACT_DOT=_exact_dot(regions.dtype),
+            PRECISION=_dot_precision(regions.dtype),
+            num_warps=NUM_WARPS,
         )
     return context, attn, lse
 
@@ -226,14 +277,16 @@ def word_region_attention_backward_triton(
     B, C, N = regions.shape
     T = words.shape[2]
     block_c, block_t, block_n = _blocks(C, T)
-    tiles = triton.cdiv(N, block_n)
+    programs = _programs_per_sample(regions.device, B, triton.cdiv(N, block_n))
     grad_regions = torch.empty_like(regions)
-    partials = regions.new_zeros(B, tiles, block_c, block_t, dtype=lse.dtype)
+    launch = B > 0 and N > 0
+    # each program writes its whole [BLOCK_C, BLOCK_T] entry; without a launch grad_words is zero
+    partials = (regions.new_empty if launch else regions.new_zeros)(B, programs, block_c, block_t, dtype=lse.dtype)
     mask, has_mask = _mask_argument(pad_mask, regions)
     if grad_attn is not None:
         grad_attn = grad_attn.contiguous()
-    if B > 0 and N > 0:
-        wrap_triton(_backward_kernel)[(tiles, B)](
+    if launch:
+        wrap_triton(_backward_kernel)[(programs, B)](
             grad_context,
             grad_attn if grad_attn is not None else grad_context,
             regions,
@@ -250,7 +303,8 @@ def word_region_attention_backward_triton(
             BLOCK_C=block_c,
             BLOCK_T=block_t,
             BLOCK_N=block_n,
-            EXACT_DOT=_exact_dot(regions.dtype),
+            PRECISION=_dot_precision(regions.dtype),
+            num_warps=NUM_WARPS,
         )
     grad_words = partials.sum(dim=1)[:, :C, :T].to(words.dtype).contiguous()
     return grad_regions, grad_words
