@@ -79,11 +79,12 @@ def _why_unavailable(name, op, device_type, has_triton_kernel):
     return None
 
 
-def select(op, device_type, *, has_triton_kernel=True, native_on_cpu=True, native_limit=None):
-    """The backend that runs `op` on tensors of `device_type` ("cpu", "cuda", ...). ``native_on_cpu=False``: an
-    op whose CPU kernel was measured slower than its reference keeps CPU tensors on the reference unless native
-    is forced. ``native_limit``: why the native kernel cannot take these particular inputs (None when it can);
-    automatic selection then passes native over, and forcing native raises with that reason."""
+def select(op, device_type, *, has_triton_kernel=True, reference_on=(), native_limit=None):
+    """The backend that runs `op` on tensors of `device_type` ("cpu", "cuda", ...). ``reference_on``: the device
+    types on which the op's fused kernels were measured slower than its reference; automatic selection keeps
+    their tensors on the reference, a forced backend still runs. ``native_limit``: why the native kernel cannot
+    take these particular inputs (None when it can); automatic selection then passes native over, and forcing
+    native raises with that reason."""
     if _forced is not None:
         reason = _why_unavailable(_forced, op, device_type, has_triton_kernel)
         if reason is None and _forced == "native":
@@ -91,8 +92,9 @@ def select(op, device_type, *, has_triton_kernel=True, native_on_cpu=True, nativ
         if reason is not None:
             raise BackendUnavailableError(f"backend {_forced!r} was asked for {op} on {device_type}, but {reason}")
         return _forced
-    native_wanted = (native_on_cpu or device_type != "cpu") and native_limit is None
-    if native_wanted and _why_unavailable("native", op, device_type, has_triton_kernel) is None:
+    if device_type in reference_on:
+        return "reference"
+    if native_limit is None and _why_unavailable("native", op, device_type, has_triton_kernel) is None:
         return "native"
     if device_type == "cuda" and _why_unavailable("triton", op, device_type, has_triton_kernel) is None:
         return "triton"

@@ -32,10 +32,11 @@ def _word_region_attention_call():
     "op, call", [("damsm_word_scores", _damsm_word_scores_call), ("word_region_attention", _word_region_attention_call)]
 )
 def test_an_op_whose_cpu_kernel_is_slower_stays_on_the_reference_for_cpu_tensors_unless_forced(op, call):
-    # these ops declare native_on_cpu=False: auto picks the reference on CPU, native still when forced
-    assert _backend.select(op, "cpu", native_on_cpu=False) == "reference"
+    # these ops declare reference_on=("cpu", ...): auto picks the reference on CPU, native still when forced
+    assert _backend.select(op, "cpu", reference_on=("cpu",)) == "reference"
     if _extension.has_native_kernel(op, "cuda"):
-        assert _backend.select(op, "cuda", native_on_cpu=False) == "native"
+        assert _backend.select(op, "cuda", reference_on=("cpu",)) == "native"
+        assert _backend.select(op, "cuda", reference_on=("cpu", "cuda")) == "reference"
     run = call()
     with torch.profiler.profile(activities=[torch.profiler.ProfilerActivity.CPU]) as auto:
         run()

@@ -224,7 +224,7 @@ def test_bad_arguments_are_named():
 
 # --- on a GPU -----------------------------------------------------------------------------------
 
-# fp32: the kernels accumulate in fp32 (Triton with exact fp32 products); bf16: inputs and outputs
+# fp32: the kernels accumulate in fp32 (Triton multiplies in three TF32 passes, tf32x3); bf16: inputs and outputs
 # rounded to bf16 (8 bits of mantissa), compared with the float64 reference on the same bf16 inputs.
 GPU_TOLERANCES = {torch.float32: (1e-4, 1e-4), torch.bfloat16: (3e-2, 3e-2)}
 GPU_CASES = [*CASES[:-1], (20, 32, 64 * 64, 18, "random"), (3, 64, 1000, 30, "some_rows_fully_padded")]

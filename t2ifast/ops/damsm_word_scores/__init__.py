@@ -17,11 +17,12 @@ from . import registration  # noqa: F401 - registers autograd and fake functions
 from .reference import damsm_word_scores_loop, damsm_word_scores_reference
 
 _OP = "damsm_word_scores"
-# Automatic selection keeps CPU tensors on the reference: its batched matmuls run on BLAS, and the C++ CPU kernel
-# (scalar loops per pair) is slower forward + backward on this project's 2-core CPU (2026-11-24, 2 threads):
-# B = M = 32, D = 128, T = 18, N = 64: 38 ms reference, 73 ms native; B = M = 48, D = 256, T = 18, N = 289: 0.56 s
-# against 2.0 s. The CPU kernel runs when native is forced.
-NATIVE_ON_CPU = False
+# Automatic selection keeps CPU and CUDA tensors on the reference, whose batched matmuls run on BLAS / cuBLAS; the
+# fused kernels (one program per pair) were measured slower forward + backward. CPU, this project's 2-core CPU
+# (2026-11-24, 2 threads): B = M = 32, D = 128, T = 18, N = 64: 38 ms reference, 73 ms native; B = M = 48, D = 256,
+# T = 18, N = 289: 0.56 s against 2.0 s. CUDA, H200 (2026-11-24, benchmarks/RESULTS.md), B = M = 48, D = 256,
+# T = 18, N = 289: 3.0 ms reference, 17.1 ms native, 98 ms Triton. A forced backend still runs its kernels.
+REFERENCE_ON = ("cpu", "cuda")
 __all__ = ["damsm_word_scores", "damsm_word_scores_loop", "damsm_word_scores_reference"]
 
 
@@ -60,7 +61,7 @@ def damsm_word_scores(words, lengths, regions, *, gamma1=4.0, gamma2=5.0):
     if isinstance(words, torch.Tensor) and isinstance(regions, torch.Tensor):
         words, regions = _autocast.cast_float32(words.device.type, words, regions)
     _check_arguments(words, lengths, regions)
-    backend = _backend.select(_OP, words.device.type, native_on_cpu=NATIVE_ON_CPU)
+    backend = _backend.select(_OP, words.device.type, reference_on=REFERENCE_ON)
     if backend == "reference":
         return damsm_word_scores_reference(words, lengths, regions, float(gamma1), float(gamma2))
     op = torch.ops.t2ifast.damsm_word_scores if backend == "native" else torch.ops.t2ifast.damsm_word_scores_triton

@@ -41,7 +41,7 @@ def _select(op, device_type, act):
     reference: the C++ CPU kernel's sigmoid is a scalar exp, and fwd+bwd took about twice the reference's time
     (2 threads of this project's 2-core CPU, 2026-11-24: y [20, 64, 64, 64] 45 ms against 22 ms, [20, 32, 128, 128]
     96 against 55 ms; ReLU at [48, 32, 32, 32]: 2.1 against 4.0 ms). Forced, the kernel still runs."""
-    return _backend.select(op, device_type, native_on_cpu=act != "glu")
+    return _backend.select(op, device_type, reference_on=("cpu",) if act == "glu" else ())
 
 
 def _op(name, backend):

@@ -20,7 +20,7 @@ _OP = "word_region_attention"
 # vectorised exp, while the C++ CPU kernel's per-region softmax is scalar. Forward + backward with the attention
 # map, 2 threads, this project's 2-core CPU (2026-11-24): B = 20, C = 32, T = 18, N = 64^2: 24.8 ms reference,
 # 34.5 ms native; N = 32^2: 5.6 against 9.5 ms. The CPU kernel runs when native is forced.
-NATIVE_ON_CPU = False
+REFERENCE_ON = ("cpu",)
 # The CUDA kernel keeps each region's T scores in registers, instantiated for T up to this.
 NATIVE_CUDA_MAX_WORDS = 64
 
@@ -72,7 +72,7 @@ def word_region_attention(regions, words, pad_mask=None, *, return_attn=False):
     if isinstance(regions, torch.Tensor) and isinstance(words, torch.Tensor):
         regions, words = _autocast.cast_lower_precision(regions.device.type, regions, words)
     _check_arguments(regions, words, pad_mask)
-    backend = _backend.select(_OP, regions.device.type, native_on_cpu=NATIVE_ON_CPU, native_limit=_native_limit(words))
+    backend = _backend.select(_OP, regions.device.type, reference_on=REFERENCE_ON, native_limit=_native_limit(words))
     if backend == "reference":
         return word_region_attention_reference(regions, words, pad_mask, return_attn)
     if backend == "native":

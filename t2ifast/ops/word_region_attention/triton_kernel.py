@@ -17,7 +17,6 @@ they are.
 
 import functools
 
-
 import torch
 import triton
 import triton.language as tl
