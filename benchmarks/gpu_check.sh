@@ -9,6 +9,8 @@
 #              against the reference, fp32 and bf16, opcheck and torch.compile
 #   tests      the whole test suite
 #   profile    per op and backend at the issues' target shapes: wall vs kernel time, launches, top kernels
+#   sweep      the Triton attention's launch settings and tl.dot precision, timed at the target shapes
+#              (benchmarks/sweep_triton.py): pick the shipped defaults from its table
 #   sanitizer  compute-sanitizer memcheck on the native CUDA kernels' tests (works on Firecracker machines only)
 #   bench      the benchmarks, one pytest run per file (BENCH_FILES overrides the list), each with its JSON
 # The whole call keeps inside GPU_CHECK_BUDGET_S seconds (default 560, under the tool's 600 s limit): each phase
@@ -72,6 +74,11 @@ fi
 if wants profile; then
   step "profile: wall vs kernel time per op and backend"
   within 120 python3 benchmarks/profile_ops.py 2>&1 | tee "$LOGS/profile.txt"
+fi
+
+if wants sweep; then
+  step "sweep: Triton attention launch settings"
+  within 200 python3 benchmarks/sweep_triton.py 2>&1 | tee "$LOGS/sweep.txt"
 fi
 
 if wants sanitizer; then
