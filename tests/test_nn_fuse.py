@@ -187,9 +187,10 @@ def test_fused_blocks_save_less_for_backward(backend):
     torch.manual_seed(6)
     x = torch.randn(4, 16, 8, 8, requires_grad=True)
     deconv = DeconvBNAct(16, 8, 4, 2, 1)
-    assert _saved_bytes(deconv, x, backend) == _saved_bytes(deconv, x, "reference") // 2
+    # (both also keep a mean and an invstd per channel: bytes, beside the maps)
+    assert _saved_bytes(deconv, x, backend) / _saved_bytes(deconv, x, "reference") == pytest.approx(1 / 2, abs=0.01)
     up = UpBlock(16, 8)
-    assert _saved_bytes(up, x, backend) * 3 == _saved_bytes(up, x, "reference")
+    assert _saved_bytes(up, x, backend) / _saved_bytes(up, x, "reference") == pytest.approx(1 / 3, abs=0.01)
 
 
 # --- fuse() ---------------------------------------------------------------------------------------

@@ -17,6 +17,8 @@ the output has the conv output's dtype. Under torch.autocast the convolution run
 (its input, weight and bias are cast, as autocast casts F.conv2d's) and BatchNorm in that mixed precision.
 """
 
+import functools
+
 import torch
 import torch.nn.functional as F
 
@@ -275,6 +277,28 @@ def _check_conv_weight(x, weight, bias, *, transposed, groups):
     return weight.shape[1] * groups if transposed else weight.shape[0]
 
 
+def _conv_bn_act(
+    x, weight, bias, bn_weight, bn_bias, running_mean, running_var, *, transposed, groups, conv, reference, **bn
+):
+    """act(BatchNorm2d(conv(x, weight, bias))) after the checks, for either convolution. reference(x, weight, bias,
+    <BatchNorm tensors>, **bn) is the unfused block; bn holds training, momentum, eps, act and negative_slope."""
+    x, weight, bias = _autocast_conv_inputs(x, weight, bias)
+    channels = _check_conv_weight(x, weight, bias, transposed=transposed, groups=groups)
+    settings = (bn["training"], bn["momentum"], bn["eps"], bn["act"], bn["negative_slope"])
+    _check_bn_params(
+        channels, weight, bn_weight, bn_bias, running_mean, running_var, *settings, names=("weight", "bn_")
+    )
+    if _select("bn_act_train", x.device.type, bn["act"]) == "reference":
+        return reference(x, weight, bias, bn_weight, bn_bias, running_mean, running_var, **bn)
+    if bn["training"]:
+        return bn_act(conv(x, weight, bias), bn_weight, bn_bias, running_mean, running_var, **bn)
+    folded_weight, folded_bias = fold_batch_norm(
+        weight, bias, bn_weight, bn_bias, running_mean, running_var, bn["eps"], transposed=transposed, groups=groups
+    )
+    y = conv(x, folded_weight.to(weight.dtype), None)  # folded in float32 under mixed precision
+    return _affine_act(y, torch.ones_like(folded_bias), folded_bias, bn["act"], bn["negative_slope"])
+
+
 def deconv_bn_act(
     x,
     weight,
@@ -301,59 +325,25 @@ def deconv_bn_act(
     the BatchNorm arguments are as in ``bn_act``. In eval mode BatchNorm is folded into weight and bias.
     Under torch.autocast the convolution runs in the autocast dtype, BatchNorm in mixed precision (see ``bn_act``).
     """
-    x, weight, bias = _autocast_conv_inputs(x, weight, bias)
-    channels = _check_conv_weight(x, weight, bias, transposed=True, groups=groups)
-    _check_bn_params(
-        channels,
+    conv_args = _conv_transpose_args(stride, padding, output_padding, groups, dilation)
+    return _conv_bn_act(
+        x,
         weight,
+        bias,
         bn_weight,
         bn_bias,
         running_mean,
         running_var,
-        training,
-        momentum,
-        eps,
-        act,
-        negative_slope,
-        names=("weight", "bn_"),
+        transposed=True,
+        groups=groups,
+        conv=lambda x, weight, bias: F.conv_transpose2d(x, weight, bias, **conv_args),
+        reference=functools.partial(deconv_bn_act_reference, conv_args=conv_args),
+        training=training,
+        momentum=momentum,
+        eps=eps,
+        act=act,
+        negative_slope=negative_slope,
     )
-    conv_args = _conv_transpose_args(stride, padding, output_padding, groups, dilation)
-    backend = _select("bn_act_train", x.device.type, act)
-    if backend == "reference":
-        return deconv_bn_act_reference(
-            x,
-            weight,
-            bias,
-            bn_weight,
-            bn_bias,
-            running_mean,
-            running_var,
-            conv_args=conv_args,
-            training=training,
-            momentum=momentum,
-            eps=eps,
-            act=act,
-            negative_slope=negative_slope,
-        )
-    if training:
-        y = F.conv_transpose2d(x, weight, bias, **conv_args)
-        return bn_act(
-            y,
-            bn_weight,
-            bn_bias,
-            running_mean,
-            running_var,
-            training=True,
-            momentum=momentum,
-            eps=eps,
-            act=act,
-            negative_slope=negative_slope,
-        )
-    folded_weight, folded_bias = fold_batch_norm(
-        weight, bias, bn_weight, bn_bias, running_mean, running_var, eps, transposed=True, groups=groups
-    )
-    y = F.conv_transpose2d(x, folded_weight.to(weight.dtype), None, **conv_args)  # float32 with mixed precision
-    return _affine_act(y, torch.ones_like(folded_bias), folded_bias, act, negative_slope)
 
 
 def upsample_conv_bn_act(
@@ -382,58 +372,22 @@ def upsample_conv_bn_act(
     scale_factor is the nearest-neighbour upsampling factor. In eval mode BatchNorm is folded into the conv.
     Under torch.autocast the convolution runs in the autocast dtype, BatchNorm in mixed precision (see ``bn_act``).
     """
-    x, weight, bias = _autocast_conv_inputs(x, weight, bias)
-    channels = _check_conv_weight(x, weight, bias, transposed=False, groups=groups)
     conv_args = {"stride": stride, "padding": padding, "dilation": dilation, "groups": groups}
-    _check_bn_params(
-        channels,
+    return _conv_bn_act(
+        x,
         weight,
+        bias,
         bn_weight,
         bn_bias,
         running_mean,
         running_var,
-        training,
-        momentum,
-        eps,
-        act,
-        negative_slope,
-        names=("weight", "bn_"),
+        transposed=False,
+        groups=groups,
+        conv=lambda x, weight, bias: upsample_conv2d(x, weight, bias, scale_factor=scale_factor, **conv_args),
+        reference=functools.partial(upsample_conv_bn_act_reference, scale_factor=scale_factor, conv_args=conv_args),
+        training=training,
+        momentum=momentum,
+        eps=eps,
+        act=act,
+        negative_slope=negative_slope,
     )
-    backend = _select("bn_act_train", x.device.type, act)
-    if backend == "reference":
-        return upsample_conv_bn_act_reference(
-            x,
-            weight,
-            bias,
-            bn_weight,
-            bn_bias,
-            running_mean,
-            running_var,
-            scale_factor=scale_factor,
-            conv_args=conv_args,
-            training=training,
-            momentum=momentum,
-            eps=eps,
-            act=act,
-            negative_slope=negative_slope,
-        )
-    if training:
-        y = upsample_conv2d(x, weight, bias, scale_factor=scale_factor, **conv_args)
-        return bn_act(
-            y,
-            bn_weight,
-            bn_bias,
-            running_mean,
-            running_var,
-            training=True,
-            momentum=momentum,
-            eps=eps,
-            act=act,
-            negative_slope=negative_slope,
-        )
-    folded_weight, folded_bias = fold_batch_norm(
-        weight, bias, bn_weight, bn_bias, running_mean, running_var, eps, transposed=False
-    )
-    # folded in float32 with mixed precision
-    y = upsample_conv2d(x, folded_weight.to(weight.dtype), None, scale_factor=scale_factor, **conv_args)
-    return _affine_act(y, torch.ones_like(folded_bias), folded_bias, act, negative_slope)
