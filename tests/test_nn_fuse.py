@@ -2,6 +2,7 @@
 statistics as the torch module sequences they replace."""
 
 import copy
+import importlib
 
 import pytest
 import torch
@@ -11,6 +12,8 @@ from torch import nn
 import t2ifast
 from t2ifast.nn import DeconvBNAct, FusedSequential, UpBlock
 
+# the package (t2ifast.ops.deconv_bn_act is also the name of its function)
+deconv_bn_act_ops = importlib.import_module("t2ifast.ops.deconv_bn_act")
 BACKENDS = ["reference", *kernel_backends("bn_act_train", "cpu")[:1]]  # Triton kernels: tests/test_deconv_bn_act.py
 
 
@@ -191,6 +194,45 @@ def test_fused_blocks_save_less_for_backward(backend):
     assert _saved_bytes(deconv, x, backend) / _saved_bytes(deconv, x, "reference") == pytest.approx(1 / 2, abs=0.01)
     up = UpBlock(16, 8)
     assert _saved_bytes(up, x, backend) / _saved_bytes(up, x, "reference") == pytest.approx(1 / 3, abs=0.01)
+
+
+@pytest.mark.parametrize("backend", BACKENDS[1:])
+def test_eval_folding_is_reused_only_while_its_tensors_are_unchanged(backend, monkeypatch):
+    folds = []
+    fold = deconv_bn_act_ops.fold_batch_norm
+    monkeypatch.setattr(deconv_bn_act_ops, "fold_batch_norm", lambda *a, **k: folds.append(1) or fold(*a, **k))
+    torch.manual_seed(7)
+    reference = _randomize(_sequential_block(6, 4, stride=2, padding=1)).eval()
+    block = DeconvBNAct(6, 4, 4, 2, 1).eval()
+    block.load_state_dict(reference.state_dict())
+    x = torch.randn(2, 6, 3, 3)
+
+    def check(expected_folds):
+        with torch.no_grad(), t2ifast.backend(backend):
+            got = block(x)
+        torch.testing.assert_close(got, reference(x), rtol=1e-5, atol=1e-5)
+        assert len(folds) == expected_folds
+
+    check(1)
+    check(1)  # nothing changed: the folding is reused
+    with torch.no_grad():
+        for bn in (block.get_submodule("1"), reference[1]):
+            bn.running_var.mul_(1.5)
+    check(2)
+    with torch.no_grad():
+        for conv in (block.get_submodule("0"), reference[0]):
+            conv.weight.add_(0.1)
+    check(3)
+    reference.load_state_dict(_randomize(_sequential_block(6, 4, stride=2, padding=1)).state_dict())
+    block.load_state_dict(reference.state_dict())
+    check(4)
+    # autograd needs the folding: never reused when a source requires grad
+    with t2ifast.backend(backend):
+        got_grads = torch.autograd.grad(block(x).square().sum(), list(block.parameters()))
+    expected_grads = torch.autograd.grad(reference(x).square().sum(), list(reference.parameters()))
+    assert len(folds) == 5
+    for got, expected in zip(got_grads, expected_grads, strict=True):
+        torch.testing.assert_close(got, expected, rtol=1e-5, atol=1e-5)
 
 
 # --- fuse() ---------------------------------------------------------------------------------------

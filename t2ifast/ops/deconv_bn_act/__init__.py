@@ -26,6 +26,7 @@ from t2ifast import _autocast, _backend
 from t2ifast._validation import check_choice, check_floating_tensors, check_range
 
 from . import registration  # noqa: F401 - registers autograd and fake functions
+from .fold_cache import FoldCache
 from .reference import (
     ACTIVATIONS,
     activation,
@@ -292,11 +293,22 @@ def _conv_bn_act(
         return reference(x, weight, bias, bn_weight, bn_bias, running_mean, running_var, **bn)
     if bn["training"]:
         return bn_act(conv(x, weight, bias), bn_weight, bn_bias, running_mean, running_var, **bn)
-    folded_weight, folded_bias = fold_batch_norm(
-        weight, bias, bn_weight, bn_bias, running_mean, running_var, bn["eps"], transposed=transposed, groups=groups
+    folded_weight, ones, folded_bias = _fold_for_eval(
+        weight, bias, bn_weight, bn_bias, running_mean, running_var, eps=bn["eps"], transposed=transposed, groups=groups
     )
-    y = conv(x, folded_weight.to(weight.dtype), None)  # folded in float32 under mixed precision
-    return _affine_act(y, torch.ones_like(folded_bias), folded_bias, bn["act"], bn["negative_slope"])
+    return _affine_act(conv(x, folded_weight, None), ones, folded_bias, bn["act"], bn["negative_slope"])
+
+
+def _fold(weight, bias, bn_weight, bn_bias, running_mean, running_var, *, eps, transposed, groups):
+    """(folded weight in weight's dtype, ones, folded bias): the eval block is conv(x, weight) then
+    act(y * 1 + bias) in one pass. Folded in float32 under mixed precision."""
+    folded_weight, folded_bias = fold_batch_norm(
+        weight, bias, bn_weight, bn_bias, running_mean, running_var, eps, transposed=transposed, groups=groups
+    )
+    return folded_weight.to(weight.dtype), torch.ones_like(folded_bias), folded_bias
+
+
+_fold_for_eval = FoldCache(_fold)
 
 
 def deconv_bn_act(
