@@ -174,7 +174,7 @@ def test_triton_grid(sms):
 
 def _opcheck(op_name, device, test_utils=None):
     op = getattr(torch.ops.t2ifast, op_name).default
-    for shapes in [(8, 8, 8), (1, 0, 3)]:
+    for shapes in [(8, 8, 8), (1, 0, 3), (20000, 7001, 13)]:  # the last: several blocks / programs
         args = [random_logits((n,), device=device, requires_grad=True) for n in shapes]
         kwargs = {} if test_utils is None else {"test_utils": test_utils}
         torch.library.opcheck(op, (*args, 0.9, True), **kwargs)

@@ -47,8 +47,8 @@ constexpr int kWarpSize = 32;
 // 5,000 per group) run as one block and one launch.
 constexpr int64_t kElementsPerBlock = int64_t{kThreads} * 32;
 constexpr int kBlocksPerSm = 4;  // 4 blocks of 512 threads fill an SM's 2,048 threads
-// Chunks start at multiples of this many elements, so a warp's loads start on a 128-byte line when
-// the group starts on one.
+// Chunk lengths are multiples of this many elements, so a block's walk through a group starts as aligned
+// as the group's offset in [real | wrong | fake] allows (on a 128-byte line in the real group).
 constexpr int64_t kChunkAlign = 128;
 
 template <typename acc_t>

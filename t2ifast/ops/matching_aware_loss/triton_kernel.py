@@ -92,9 +92,10 @@ def _group_sum(s_ptr, grad_ptr, begin, n, chunk_begin, chunk_end, target, AVERAG
 def _scale(n, AVERAGE: tl.constexpr, ACC: tl.constexpr):
     """1 / n for a mean over a non-empty group, else 1; computed here in ACC, not passed as a float32."""
     if AVERAGE:
-        return 1.0 / tl.cast(tl.maximum(n, 1), ACC)
+        scale = 1.0 / tl.cast(tl.maximum(n, 1), ACC)
     else:
-        return tl.full([], 1.0, ACC)
+        scale = tl.full([], 1.0, ACC)
+    return scale
 
 
 @triton.jit
