@@ -8,7 +8,12 @@ import t2ifast
 from t2ifast.ops import generator_loss, matching_aware_loss
 
 OP = "matching_aware_loss"
-SIZES = [(1, 1, 1), (7, 7, 7), (5, 0, 9), ((64, 1), (64, 1), (64, 1)), (3000, 2999, 3001)]
+# Training sizes: one block / program, one launch.
+SIZES = [(1, 1, 1), (7, 7, 7), (5, 0, 9), (0, 0, 0), ((64, 1), (64, 1), (64, 1)), (3000, 2999, 3001)]
+# Several Triton programs under the interpreter (16,384 logits per program, at most 4 x 4 stand-in SMs):
+# 2 programs with a 13-logit group inside the last chunk; 5 with an empty wrong group; 16 (the cap, so each
+# program walks more than its minimum chunk), a group of one and a 2-D group.
+MULTI_PROGRAM_SIZES = [(20000, 7001, 13), (40000, 0, 30001), ((300, 500), 1, 170003)]
 
 
 def _grads(backend, s_real, s_wrong, s_fake, **kwargs):
@@ -87,9 +92,89 @@ def test_triton_and_native_agree_in_float64(backend):
     _check_against_reference(backend, (17, 17, 17), dtype=torch.float64, rtol=1e-12, atol=1e-12)
 
 
+def _numel(shapes):
+    return sum(torch.Size(shape if isinstance(shape, tuple) else (shape,)).numel() for shape in shapes)
+
+
+def _triton_programs(shapes, device):
+    from t2ifast.ops.matching_aware_loss import triton_kernel
+
+    return triton_kernel.grid(_numel(shapes), triton_kernel.sm_count(torch.device(device)))[0]
+
+
+TRITON_CPU = kernel_backends(OP, "cpu")[1:]
+
+
+@pytest.mark.parametrize("backend", TRITON_CPU)
+@pytest.mark.parametrize("shapes", MULTI_PROGRAM_SIZES, ids=str)
+@pytest.mark.parametrize("reduction", ["mean", "sum"])
+def test_multi_program_matches_reference(backend, shapes, reduction):
+    assert _triton_programs(shapes, "cpu") > 1
+    rtol = 1e-5 if reduction == "mean" else 2e-5  # sums of up to 170,003 float32 terms, in another order
+    _check_against_reference(backend, shapes, reduction=reduction, smoothing=0.1, rtol=rtol)
+
+
+@pytest.mark.parametrize("backend", TRITON_CPU)
+@pytest.mark.parametrize("shapes", MULTI_PROGRAM_SIZES, ids=str)
+def test_multi_program_float64(backend, shapes):
+    _check_against_reference(backend, shapes, dtype=torch.float64, rtol=1e-12, atol=1e-12, smoothing=0.1)
+
+
+@pytest.mark.parametrize("backend", TRITON_CPU)
+@pytest.mark.parametrize("dtype", [torch.float32, torch.float64], ids=str)
+@pytest.mark.parametrize("shapes", [(2500, 10, 3100), (2048, 1024, 1000), (0, 3000, 5)], ids=str)
+def test_many_small_programs(backend, dtype, shapes, monkeypatch):
+    """A program per 1,024 logits and 4 partial sums per finish-kernel step: chunks that start inside a
+    group, a group inside one chunk, chunk edges on group edges, an empty first group, and a finish kernel
+    that loops with a masked tail."""
+    from t2ifast.ops.matching_aware_loss import triton_kernel
+
+    monkeypatch.setattr(triton_kernel, "ELEMENTS_PER_PROGRAM", triton_kernel.BLOCK)
+    monkeypatch.setattr(triton_kernel, "INTERPRETER_SM_COUNT", 64)
+    monkeypatch.setattr(triton_kernel, "PARTIALS_BLOCK", 4)
+    assert _triton_programs(shapes, "cpu") >= 3
+    tolerances = {"rtol": 1e-12, "atol": 1e-12} if dtype == torch.float64 else {}
+    _check_against_reference(backend, shapes, dtype=dtype, smoothing=0.1, **tolerances)
+    _check_against_reference(backend, shapes, dtype=dtype, reduction="sum", **tolerances)
+
+
+def _check_deterministic(backend, shapes, device):
+    logits = [random_logits(shape, device=device) for shape in shapes]
+    first_values, first_grads = _grads(backend, *logits, smoothing=0.1)
+    values, grads = _grads(backend, *logits, smoothing=0.1)
+    assert torch.equal(values, first_values)
+    for grad, first in zip(grads, first_grads, strict=True):
+        assert torch.equal(grad, first)
+
+
+@pytest.mark.parametrize("backend", TRITON_CPU)
+def test_multi_program_is_deterministic(backend):
+    shapes = MULTI_PROGRAM_SIZES[-1]
+    assert _triton_programs(shapes, "cpu") > 1
+    _check_deterministic(backend, shapes, "cpu")
+
+
+@pytest.mark.parametrize("sms", [1, 4, 132])
+def test_triton_grid(sms):
+    """1 program up to ELEMENTS_PER_PROGRAM logits, then more, never more than PROGRAMS_PER_SM per SM,
+    chunks of whole BLOCKs that cover everything and leave no program empty."""
+    pytest.importorskip("triton")
+    from t2ifast.ops.matching_aware_loss import triton_kernel as tk
+
+    for total in [0, 1, 3, 192, 9000, tk.ELEMENTS_PER_PROGRAM, tk.ELEMENTS_PER_PROGRAM + 1, 70001, 3 << 20, 10**9]:
+        programs, chunk = tk.grid(total, sms)
+        assert (programs == 1) == (total <= tk.ELEMENTS_PER_PROGRAM), total
+        assert 1 <= programs <= tk.PROGRAMS_PER_SM * sms
+        assert chunk % tk.BLOCK == 0
+        assert programs * chunk >= total
+        assert total == 0 or (programs - 1) * chunk < total
+    assert tk.grid(3 << 20, 132) == (192, tk.ELEMENTS_PER_PROGRAM)  # the 1M-per-group benchmark on an H200
+    assert tk.sm_count(torch.device("cpu")) == tk.INTERPRETER_SM_COUNT
+
+
 def _opcheck(op_name, device, test_utils=None):
     op = getattr(torch.ops.t2ifast, op_name).default
-    for shapes in [(8, 8, 8), (1, 0, 3)]:
+    for shapes in [(8, 8, 8), (1, 0, 3), (20000, 7001, 13)]:  # the last: several blocks / programs
         args = [random_logits((n,), device=device, requires_grad=True) for n in shapes]
         kwargs = {} if test_utils is None else {"test_utils": test_utils}
         torch.library.opcheck(op, (*args, 0.9, True), **kwargs)
@@ -164,16 +249,46 @@ def test_matches_reference_cuda(backend, dtype, shapes):
     _check_against_reference(backend, shapes, device="cuda", dtype=dtype, rtol=rtol, atol=atol, smoothing=0.1)
 
 
+# Several blocks / programs on the GPU (16,384 logits per block, at most 4 per SM): 2; 5 with an empty
+# group; the 1M-per-group benchmark (192 on an H200); 9M logits, past the cap (528 on an H200, so the
+# finish kernels sum more partials than they have threads / lanes).
+MULTI_BLOCK_SIZES_CUDA = [*MULTI_PROGRAM_SIZES, (1 << 20, 1 << 20, 1 << 20), (5_000_000, 3_000_001, 1_000_003)]
+MULTI_BLOCK_TOLERANCES = {**GPU_TOLERANCES, torch.float64: (1e-11, 1e-12)}
+
+
+@requires_cuda
+@pytest.mark.parametrize("backend", kernel_backends(OP, "cuda") if HAS_CUDA else ["native", "triton"])
+@pytest.mark.parametrize("dtype", list(MULTI_BLOCK_TOLERANCES), ids=str)
+@pytest.mark.parametrize("shapes", MULTI_BLOCK_SIZES_CUDA, ids=str)
+@pytest.mark.parametrize("reduction", ["mean", "sum"])
+def test_multi_block_matches_reference_cuda(backend, dtype, shapes, reduction):
+    if backend == "triton":
+        assert _triton_programs(shapes, "cuda") > 1
+    rtol, atol = MULTI_BLOCK_TOLERANCES[dtype]
+    if reduction == "sum" and dtype == torch.float32:
+        rtol = 2e-5  # sums of up to 5M terms, in another order than the reference's
+    kwargs = {"smoothing": 0.1, "reduction": reduction}
+    _check_against_reference(backend, shapes, device="cuda", dtype=dtype, rtol=rtol, atol=atol, **kwargs)
+
+
+@requires_cuda
+@pytest.mark.parametrize("backend", kernel_backends(OP, "cuda") if HAS_CUDA else ["native", "triton"])
+@pytest.mark.parametrize("shapes", MULTI_BLOCK_SIZES_CUDA[-2:], ids=str)
+def test_multi_block_is_deterministic_cuda(backend, shapes):
+    _check_deterministic(backend, shapes, "cuda")
+
+
 @requires_cuda
 @pytest.mark.parametrize("backend", ["reference", *(kernel_backends(OP, "cuda") if HAS_CUDA else [])])
-def test_torch_compile_fullgraph_cuda(backend):
+@pytest.mark.parametrize("size", [64, 1 << 18])  # one block; several blocks and the finish kernel
+def test_torch_compile_fullgraph_cuda(backend, size):
     torch._dynamo.reset()
 
     def loss_fn(s_real, s_wrong, s_fake):
         with t2ifast.backend(backend):
             return matching_aware_loss(s_real, s_wrong, s_fake).loss
 
-    inputs = [random_logits((64,), device="cuda", requires_grad=True) for _ in range(3)]
+    inputs = [random_logits((size,), device="cuda", requires_grad=True) for _ in range(3)]
     loss = torch.compile(loss_fn, fullgraph=True)(*inputs)
     torch.testing.assert_close(loss, loss_fn(*inputs))
 

@@ -2,8 +2,10 @@
 
 The discriminator sees three pair groups: (real image, right text) -> 1, (real image, wrong text) -> 0,
 (fake image, right text) -> 0, and minimises L = L_real + (L_wrong + L_fake) / 2, each term a binary
-cross-entropy on logits (log-sigmoid form: finite for any logit). One kernel computes the loss, the
-three terms and every gradient; nothing is copied to the host.
+cross-entropy on logits (log-sigmoid form: finite for any logit). One pass over the logits computes the
+loss, the three terms and every gradient; nothing is copied to the host. Training sizes (up to 16,384
+logits in all) run as one block / program and one launch; larger inputs are split over a grid whose
+per-block partial sums a second small kernel adds in a fixed order (deterministic, no atomics).
 """
 
 from typing import NamedTuple
