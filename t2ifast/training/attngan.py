@@ -115,9 +115,9 @@ class AttnGANTask(GANTask):
         self.sizes = self.discriminators.image_sizes
         self.ema = GeneratorEMA(self.generator, gan.ema_decay)
         betas = tuple(train.betas)
-        self.g_optimizer = torch.optim.Adam(self.generator.parameters(), lr=train.lr_g, betas=betas)
+        self.g_optimizer = runtime.adam(self.generator.parameters(), train.lr_g, betas)
         # one optimizer per stage's D, as AttnGAN's optimizersD
-        self.d_optimizers = [torch.optim.Adam(d.parameters(), lr=train.lr_d, betas=betas) for d in self.discriminators]
+        self.d_optimizers = [runtime.adam(d.parameters(), train.lr_d, betas) for d in self.discriminators]
         self._generate = distributed(self.generator, runtime)
         self._score_pairs = [distributed(PairScorer(d), runtime) for d in self.discriminators]
         if train.compile:

@@ -39,7 +39,7 @@ class DAMSMTask:
         self.config, self.runtime, self.use_class_ids = config, runtime, use_class_ids
         self.damsm = build_damsm(config, vocabulary_size).to(runtime.device)
         parameters = [p for p in self.damsm.parameters() if p.requires_grad]
-        self.optimizer = torch.optim.Adam(parameters, lr=config.text.pretrain_lr, betas=(0.5, 0.999))
+        self.optimizer = runtime.adam(parameters, config.text.pretrain_lr, (0.5, 0.999))
         gammas = {"gamma1": config.text.gamma1, "gamma2": config.text.gamma2, "gamma3": config.text.gamma3}
         self._losses = distributed(_Losses(self.damsm, gammas), runtime)
 

@@ -81,8 +81,8 @@ class GANINTCLSTask(GANTask):
         self.generator = build_generator(config, embed.embedding_dim).to(device)
         self.discriminator = MatchingAwareDiscriminator(embed.embedding_dim, gan.projection_dim, gan.ndf).to(device)
         self.ema = GeneratorEMA(self.generator, gan.ema_decay)
-        self.g_optimizer = torch.optim.Adam(self.generator.parameters(), lr=train.lr_g, betas=tuple(train.betas))
-        self.d_optimizer = torch.optim.Adam(self.discriminator.parameters(), lr=train.lr_d, betas=tuple(train.betas))
+        self.g_optimizer = runtime.adam(self.generator.parameters(), train.lr_g, tuple(train.betas))
+        self.d_optimizer = runtime.adam(self.discriminator.parameters(), train.lr_d, tuple(train.betas))
         self._generate = distributed(self.generator, runtime)
         self._score_pairs = distributed(PairScorer(self.discriminator), runtime)
         if train.compile:
@@ -166,7 +166,7 @@ class StyleEncoderTask:
         self.config, self.embed, self.runtime = config, embed, runtime
         self.generator = copy.deepcopy(generator).eval().requires_grad_(False)
         self.encoder = StyleEncoder(z_dim=config.gan.z_dim, ndf=config.gan.ndf).to(runtime.device)
-        self.optimizer = torch.optim.Adam(self.encoder.parameters(), lr=config.train.lr_g, betas=(0.5, 0.999))
+        self.optimizer = runtime.adam(self.encoder.parameters(), config.train.lr_g, (0.5, 0.999))
         self._encode = distributed(self.encoder, runtime)
 
     def train_step(self, batch):

@@ -85,8 +85,8 @@ class StackGANTask(GANTask):
             config.stackgan.condition_dim, gan.projection_dim, gan.ndf, image_size=self.image_size
         ).to(device)
         self.ema = GeneratorEMA(self.generator, gan.ema_decay)
-        self.g_optimizer = torch.optim.Adam(self.generator.parameters(), lr=train.lr_g, betas=tuple(train.betas))
-        self.d_optimizer = torch.optim.Adam(self.discriminator.parameters(), lr=train.lr_d, betas=tuple(train.betas))
+        self.g_optimizer = runtime.adam(self.generator.parameters(), train.lr_g, tuple(train.betas))
+        self.d_optimizer = runtime.adam(self.discriminator.parameters(), train.lr_d, tuple(train.betas))
         self._generate = distributed(self.generator, runtime)
         self._score_pairs = distributed(PairScorer(self.discriminator), runtime)
         if train.compile:
