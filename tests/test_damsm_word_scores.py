@@ -12,10 +12,10 @@ from t2ifast.ops import damsm_word_scores, damsm_word_scores_loop
 
 OP = "damsm_word_scores"
 
-# (B captions, M images, D, T, N, lengths): N past one block of regions (32 forward, 16 in the Triton
-# backward) and not a multiple of it, D not a power of two, T = 1, B = M = 1, lengths of 1, M != B; the last
-# has five images, so without a GPU the Triton backward's phase C has three image blocks of two, the last
-# one short, and N = 50 is four backward chunks of regions.
+# (B captions, M images, D, T, N, lengths): N past one chunk of regions (16 in the Triton kernels) and not a
+# multiple of it, D not a power of two (D = 20, 24: two slices of 16 rows in the Triton products over D, the
+# second short), T = 1, B = M = 1, lengths of 1, M != B; the last has five images, so without a GPU the Triton
+# backward's phase C has three image blocks of two, the last one short.
 CASES = [
     (3, 4, 20, 6, 37, [6, 1, 3]),
     (1, 1, 16, 1, 5, [1]),
