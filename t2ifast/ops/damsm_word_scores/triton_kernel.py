@@ -42,16 +42,18 @@ from .reference import COSINE_EPS
 # Launch configuration, chosen from ptxas's register report for sm_90 (Triton 3.8, D = 256, T = 18, fp32; no
 # GPU to time them on yet): every tile a program holds is [BLOCK_D, BLOCK_T] or [BLOCK_D, BLOCK_N] (8192 and
 # 4096 values at D = 256), each product's operands come in tf32x3's two halves, and the products over D take
-# BLOCK_DK = 16 rows at a time. Forward and phase A: 16 warps, 128 registers per thread, no spills (8 warps: 242,
-# none). Phases B and C: 8 warps, 255 registers and 50-80 bytes of spills per thread (16 warps: 130-230 bytes).
-# 32 regions per chunk spilled 0.4-0.7 KB in every phase; BLOCK_DK = 64, 0.2-0.7 KB; the whole D at once,
-# 1-6 KB.
+# BLOCK_DK = 16 rows at a time. Forward and phase A: 16 warps, 128 registers per thread, no spills (8 warps:
+# 242 registers, none). Phases B and C: 8 warps, 255 registers and 50-80 bytes of spills per thread (16 warps:
+# 130-230 bytes). 32 regions per chunk spilled 0.4-0.7 KB in every phase; BLOCK_DK = 64, 0.2-0.7 KB; the whole
+# D at once, 1-6 KB.
 BLOCK_N = 16
 BLOCK_DK = 16
 NUM_WARPS_PAIRS = 16
 NUM_WARPS_SUMS = 8
-# Phase C: programs per GPU multiprocessor to aim for (captions x image blocks).
-PROGRAMS_PER_SM = 2
+# Phase C: programs (captions x image blocks) per GPU multiprocessor to aim for. At 255 registers a thread, a
+# multiprocessor runs one 8-warp program at a time, so this is about four waves (H200, 132 multiprocessors,
+# B = M = 48: 48 x 10 programs of 5 images, the last block 3).
+PROGRAMS_PER_SM = 4
 # Phase C without a GPU (the interpreter): images per program, small so that several image blocks are exercised.
 INTERPRETER_IMAGES_PER_PROGRAM = 2
 COEFFICIENTS = 4  # per pair and word: z, kappa, gu, g_wn
