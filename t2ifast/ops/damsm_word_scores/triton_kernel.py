@@ -272,7 +272,7 @@ def _forward_kernel(
     DTYPE: tl.constexpr = tl.float64 if FP64 else tl.float32
     # torch.compile passes Python floats as fp64 arguments: keep the arithmetic in the compute dtype as in eager
     gamma1, gamma2, eps = tl.cast(gamma1, DTYPE), tl.cast(gamma2, DTYPE), tl.cast(eps, DTYPE)
-    pid = tl.program_id(0)
+    pid = tl.program_id(0).to(tl.int64)  # offsets like pid * D * T pass 2**31 at large batches
     i = pid // B
     j = pid % B
     pair = _pair_score(
@@ -308,7 +308,7 @@ def _backward_pairs_kernel(
     into coef [M, B, 4, T]."""
     DTYPE: tl.constexpr = tl.float64 if FP64 else tl.float32
     gamma1, gamma2, eps = tl.cast(gamma1, DTYPE), tl.cast(gamma2, DTYPE), tl.cast(eps, DTYPE)
-    pid = tl.program_id(0)
+    pid = tl.program_id(0).to(tl.int64)  # offsets like pid * D * T pass 2**31 at large batches
     i = pid // B
     j = pid % B
     w, valid, context, z, score, cos, u, wn, cn, den = _pair_score(
@@ -368,7 +368,7 @@ def _backward_regions_kernel(
     DTYPE: tl.constexpr = tl.float64 if FP64 else tl.float32
     gamma1 = tl.cast(gamma1, DTYPE)
     n0 = tl.program_id(0) * BLOCK_N
-    i = tl.program_id(1)
+    i = tl.program_id(1).to(tl.int64)
     r_ptr += i * D * N
     acc = tl.zeros([BLOCK_D, BLOCK_N], dtype=DTYPE)
     for j in range(0, B):
@@ -413,8 +413,8 @@ def _backward_words_kernel(
     onwards, into partial [image_blocks, B, D, T]."""
     DTYPE: tl.constexpr = tl.float64 if FP64 else tl.float32
     gamma1 = tl.cast(gamma1, DTYPE)
-    j = tl.program_id(0)
-    k = tl.program_id(1)
+    j = tl.program_id(0).to(tl.int64)
+    k = tl.program_id(1).to(tl.int64)
     valid = _validity(len_ptr, j, T, BLOCK_T)
     acc = tl.zeros([BLOCK_D, BLOCK_T], dtype=DTYPE)
     g_wn_sum = tl.zeros([BLOCK_T], dtype=DTYPE)
