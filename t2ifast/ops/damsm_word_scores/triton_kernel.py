@@ -501,5 +501,5 @@ def damsm_word_scores_backward_triton(
         words, lengths, regions, grad_context, coefficients, partial, M, B, D, T, N, images_per_program, gamma1,
         num_warps=NUM_WARPS_SUMS, **blocks,
     )  # fmt: skip
-    grad_words = partial.sum(0) if image_blocks > 1 else partial[0]
+    grad_words = partial.sum(0)  # in a fixed order
     return grad_words.to(words.dtype), grad_regions.to(regions.dtype)
