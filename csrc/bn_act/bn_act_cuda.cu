@@ -5,6 +5,10 @@
 //   training forward: partial Welford statistics -> merge (+ running-stat update) -> act((y-mean)*scale+beta)
 //   backward:         partial sums of dL/dz and dL/dz*(y-mean) -> merge (+ grad_weight/grad_bias) -> grad_y
 // dL/dz is recomputed from y and the per-channel scale/shift: the BatchNorm output is never stored.
+// Small layers (few elements per channel, as in a DCGAN generator's first layers) are bound by launches, not
+// bytes: there one block per (output) channel does the whole op in one launch, statistics then output (or
+// sums then grad_y), re-reading its channel from L2, in place of the three (forward) and four (backward)
+// launches of the sliced path.
 #include "bn_act.h"
 
 #include <ATen/Dispatch.h>
@@ -29,6 +33,8 @@ constexpr int kWarpSize = 32;
 constexpr int kWarps = kThreads / kWarpSize;
 constexpr int kMergeThreads = 128;
 constexpr int64_t kMinPerThread = 8;  // elements each thread of a slice handles at least
+// Elements per channel up to which one block per channel runs the whole op (single_block_* kernels).
+constexpr int64_t kSingleBlockMaxCount = 16384;
 
 // Slices per channel: enough blocks to fill the GPU (a few per SM), never so many that a thread has
 // fewer than kMinPerThread elements.
@@ -287,6 +293,155 @@ backward_elementwise_kernel(const scalar_t* __restrict__ grad_out, const scalar_
   }
 }
 
+// Welford statistics of channel c over its M elements, in thread 0; every thread must call it.
+template <typename scalar_t, typename acc_t, typename index_t>
+__device__ void channel_welford(const scalar_t* __restrict__ y, index_t c, index_t C, index_t L, index_t M,
+                                acc_t& count, acc_t& mean, acc_t& m2) {
+  count = mean = m2 = 0;
+  for (index_t j = threadIdx.x; j < M; j += kThreads) {
+    const acc_t x = static_cast<acc_t>(y[channel_offset(j, c, C, L)]);
+    count += acc_t(1);
+    const acc_t delta = x - mean;
+    mean += delta / count;
+    m2 += delta * (x - mean);
+  }
+  block_welford(count, mean, m2);
+  __syncthreads();  // block_welford's shared arrays are free for the next call
+}
+
+// Thread 0, after channel_welford: saves mean / invstd, updates the running statistics as merge does, and
+// returns (mean, scale, shift) of z = (y - mean) * scale + shift through params[0..2].
+template <typename scalar_t, typename acc_t>
+__device__ void finish_channel_stats(int64_t c, acc_t count, acc_t mean, acc_t m2, const scalar_t* __restrict__ gamma,
+                                     const scalar_t* __restrict__ beta, scalar_t* __restrict__ running_mean,
+                                     scalar_t* __restrict__ running_var, acc_t* __restrict__ save_mean,
+                                     acc_t* __restrict__ save_invstd, double momentum, double eps, acc_t* params) {
+  const acc_t invstd = acc_t(1) / ::sqrt(m2 / count + static_cast<acc_t>(eps));
+  save_mean[c] = mean;
+  save_invstd[c] = invstd;
+  const acc_t m = static_cast<acc_t>(momentum);
+  running_mean[c] = static_cast<scalar_t>((acc_t(1) - m) * static_cast<acc_t>(running_mean[c]) + m * mean);
+  running_var[c] =
+      static_cast<scalar_t>((acc_t(1) - m) * static_cast<acc_t>(running_var[c]) + m * m2 / (count - acc_t(1)));
+  params[0] = mean;
+  params[1] = static_cast<acc_t>(gamma[c]) * invstd;
+  params[2] = static_cast<acc_t>(beta[c]);
+}
+
+// Training forward of small layers, grid (C_out): block c computes the statistics of channel c (and of its GLU
+// pair c + C_out), then writes out[:, c]. Same results as stats_partial -> stats_merge -> affine_act.
+template <typename scalar_t, typename acc_t, typename index_t>
+__global__ void __launch_bounds__(kThreads)
+single_block_forward_kernel(const scalar_t* __restrict__ y, const scalar_t* __restrict__ gamma,
+                            const scalar_t* __restrict__ beta, scalar_t* __restrict__ running_mean,
+                            scalar_t* __restrict__ running_var, acc_t* __restrict__ save_mean,
+                            acc_t* __restrict__ save_invstd, scalar_t* __restrict__ out, index_t C, index_t C_out,
+                            index_t L, index_t M, double momentum, double eps, Activation act, acc_t slope) {
+  __shared__ acc_t params[6];  // (mean, scale, shift) of channel c, then of its GLU pair
+  const bool glu = act == Activation::Glu;
+  const index_t c = blockIdx.x;
+  const index_t pair[2] = {c, c + C_out};
+  for (int k = 0; k < (glu ? 2 : 1); ++k) {
+    acc_t count, mean, m2;
+    channel_welford<scalar_t, acc_t, index_t>(y, pair[k], C, L, M, count, mean, m2);
+    if (threadIdx.x == 0) {
+      finish_channel_stats<scalar_t, acc_t>(pair[k], count, mean, m2, gamma, beta, running_mean, running_var,
+                                            save_mean, save_invstd, momentum, eps, params + 3 * k);
+    }
+  }
+  __syncthreads();
+  const acc_t ma = params[0], sa = params[1], ta = params[2];
+  for (index_t j = threadIdx.x; j < M; j += kThreads) {
+    const index_t a_offset = channel_offset(j, c, C, L);
+    const acc_t a = (static_cast<acc_t>(y[a_offset]) - ma) * sa + ta;
+    acc_t o;
+    if (glu) {
+      const acc_t b = (static_cast<acc_t>(y[a_offset + C_out * L]) - params[3]) * params[4] + params[5];
+      o = a * sigmoid_of(b);
+    } else {
+      o = activate(a, act, slope);
+    }
+    out[channel_offset(j, c, C_out, L)] = static_cast<scalar_t>(o);
+  }
+}
+
+// Backward of small layers, grid (C_out): block c sums dL/dz and dL/dz * (y - mean) over channel c (and its GLU
+// pair), writes grad_weight / grad_bias, then grad_y. Same results as backward_sums -> merge -> elementwise.
+template <typename scalar_t, typename acc_t, typename index_t>
+__global__ void __launch_bounds__(kThreads)
+single_block_backward_kernel(const scalar_t* __restrict__ grad_out, const scalar_t* __restrict__ y,
+                             const scalar_t* __restrict__ gamma, const scalar_t* __restrict__ beta,
+                             const acc_t* __restrict__ mean, const acc_t* __restrict__ invstd,
+                             scalar_t* __restrict__ grad_y, scalar_t* __restrict__ grad_weight,
+                             scalar_t* __restrict__ grad_bias, index_t C, index_t C_out, index_t L, index_t M,
+                             Activation act, acc_t slope) {
+  __shared__ acc_t coefficients[4];  // (alpha, beta) of grad_y = scale * dz - alpha - beta * (y - mean), a then b
+  const bool glu = act == Activation::Glu;
+  const index_t c = blockIdx.x;
+  const index_t cb = c + C_out;
+  const acc_t ma = mean[c], sa = static_cast<acc_t>(gamma[c]) * invstd[c], ta = static_cast<acc_t>(beta[c]);
+  const acc_t mb = glu ? mean[cb] : acc_t(0);
+  const acc_t sb = glu ? static_cast<acc_t>(gamma[cb]) * invstd[cb] : acc_t(0);
+  const acc_t tb = glu ? static_cast<acc_t>(beta[cb]) : acc_t(0);
+  // dL/dz of element j for channel c (ga) and its pair (gb), recomputed from y
+  const auto grads = [&](index_t j, index_t& a_offset, acc_t& ya, acc_t& yb, acc_t& ga, acc_t& gb) {
+    a_offset = channel_offset(j, c, C, L);
+    const acc_t g = static_cast<acc_t>(grad_out[channel_offset(j, c, C_out, L)]);
+    ya = static_cast<acc_t>(y[a_offset]);
+    if (glu) {
+      yb = static_cast<acc_t>(y[a_offset + C_out * L]);
+      glu_grad(g, (ya - ma) * sa + ta, (yb - mb) * sb + tb, ga, gb);
+    } else {
+      yb = gb = 0;
+      ga = activation_grad(g, (ya - ma) * sa + ta, act, slope);
+    }
+  };
+  acc_t dz_a = 0, dzy_a = 0, dz_b = 0, dzy_b = 0;
+  for (index_t j = threadIdx.x; j < M; j += kThreads) {
+    index_t a_offset;
+    acc_t ya, yb, ga, gb;
+    grads(j, a_offset, ya, yb, ga, gb);
+    dz_a += ga;
+    dzy_a += ga * (ya - ma);
+    dz_b += gb;
+    dzy_b += gb * (yb - mb);
+  }
+  dz_a = block_sum(dz_a);
+  dzy_a = block_sum(dzy_a);
+  if (glu) {
+    dz_b = block_sum(dz_b);
+    dzy_b = block_sum(dzy_b);
+  }
+  if (threadIdx.x == 0) {
+    const acc_t inv_count = acc_t(1) / static_cast<acc_t>(M);
+    grad_weight[c] = static_cast<scalar_t>(dzy_a * invstd[c]);
+    grad_bias[c] = static_cast<scalar_t>(dz_a);
+    coefficients[0] = sa * dz_a * inv_count;
+    coefficients[1] = sa * invstd[c] * invstd[c] * dzy_a * inv_count;
+    if (glu) {
+      grad_weight[cb] = static_cast<scalar_t>(dzy_b * invstd[cb]);
+      grad_bias[cb] = static_cast<scalar_t>(dz_b);
+      coefficients[2] = sb * dz_b * inv_count;
+      coefficients[3] = sb * invstd[cb] * invstd[cb] * dzy_b * inv_count;
+    }
+  }
+  __syncthreads();
+  for (index_t j = threadIdx.x; j < M; j += kThreads) {
+    index_t a_offset;
+    acc_t ya, yb, ga, gb;
+    grads(j, a_offset, ya, yb, ga, gb);
+    grad_y[a_offset] = static_cast<scalar_t>(sa * ga - coefficients[0] - coefficients[1] * (ya - ma));
+    if (glu) {
+      grad_y[a_offset + C_out * L] = static_cast<scalar_t>(sb * gb - coefficients[2] - coefficients[3] * (yb - mb));
+    }
+  }
+}
+
+// Whether one block per channel runs the op: few elements per channel, or too many channels to slice them.
+bool use_single_block(int64_t count, int64_t channels, const at::Tensor& like) {
+  return count > 0 && channels > 0 && (count <= kSingleBlockMaxCount || num_slices(count, channels, like) == 1);
+}
+
 int64_t elementwise_blocks(int64_t total) {
   return std::max<int64_t>(1, std::min<int64_t>((total + kThreads - 1) / kThreads, int64_t(1) << 20));
 }
@@ -422,6 +577,29 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor> bn_act_train_cuda(const at::Tenso
   const auto stats_options = y.options().dtype(stats_dtype(y));
   at::Tensor save_mean = at::empty({lay.channels}, stats_options);
   at::Tensor save_invstd = at::empty({lay.channels}, stats_options);
+  if (use_single_block(M, lay.out_channels, y)) {
+    AT_DISPATCH_FLOATING_TYPES_AND2(at::kHalf, at::kBFloat16, y.scalar_type(), "bn_act_train_cuda", [&] {
+      using acc_t = at::opmath_type<scalar_t>;
+      const auto launch = [&](auto index_zero) {
+        using index_t = decltype(index_zero);
+        single_block_forward_kernel<scalar_t, acc_t, index_t>
+            <<<lay.out_channels, kThreads, 0, c10::cuda::getCurrentCUDAStream()>>>(
+                y.const_data_ptr<scalar_t>(), w.const_data_ptr<scalar_t>(), b.const_data_ptr<scalar_t>(),
+                running_mean.mutable_data_ptr<scalar_t>(), running_var.mutable_data_ptr<scalar_t>(),
+                save_mean.mutable_data_ptr<acc_t>(), save_invstd.mutable_data_ptr<acc_t>(),
+                out.mutable_data_ptr<scalar_t>(), static_cast<index_t>(lay.channels),
+                static_cast<index_t>(lay.out_channels), static_cast<index_t>(lay.inner), static_cast<index_t>(M),
+                momentum, eps, act, static_cast<acc_t>(slope));
+        C10_CUDA_KERNEL_LAUNCH_CHECK();
+      };
+      if (use_int32_indexing(y)) {
+        launch(int32_t{0});
+      } else {
+        launch(int64_t{0});
+      }
+    });
+    return {out, save_mean, save_invstd};
+  }
   at::Tensor scale = at::empty({lay.channels}, stats_options);
   at::Tensor shift = at::empty({lay.channels}, stats_options);
   const int64_t slices = num_slices(M, lay.channels, y);
@@ -475,6 +653,29 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor> bn_act_backward_cuda(const at::Te
   at::Tensor grad_y = at::empty_like(y);
   at::Tensor grad_weight = at::empty_like(w);
   at::Tensor grad_bias = at::empty_like(b);
+  if (use_single_block(lay.count(), lay.out_channels, y)) {
+    AT_DISPATCH_FLOATING_TYPES_AND2(at::kHalf, at::kBFloat16, y.scalar_type(), "bn_act_backward_cuda", [&] {
+      using acc_t = at::opmath_type<scalar_t>;
+      const auto launch = [&](auto index_zero) {
+        using index_t = decltype(index_zero);
+        single_block_backward_kernel<scalar_t, acc_t, index_t>
+            <<<lay.out_channels, kThreads, 0, c10::cuda::getCurrentCUDAStream()>>>(
+                grad_out.const_data_ptr<scalar_t>(), y.const_data_ptr<scalar_t>(), w.const_data_ptr<scalar_t>(),
+                b.const_data_ptr<scalar_t>(), mean.const_data_ptr<acc_t>(), invstd.const_data_ptr<acc_t>(),
+                grad_y.mutable_data_ptr<scalar_t>(), grad_weight.mutable_data_ptr<scalar_t>(),
+                grad_bias.mutable_data_ptr<scalar_t>(), static_cast<index_t>(lay.channels),
+                static_cast<index_t>(lay.out_channels), static_cast<index_t>(lay.inner),
+                static_cast<index_t>(lay.count()), act, static_cast<acc_t>(slope));
+        C10_CUDA_KERNEL_LAUNCH_CHECK();
+      };
+      if (use_int32_indexing(y)) {
+        launch(int32_t{0});
+      } else {
+        launch(int64_t{0});
+      }
+    });
+    return {grad_y, grad_weight, grad_bias};
+  }
   at::Tensor scale = at::empty_like(mean);
   at::Tensor shift = at::empty_like(mean);
   AT_DISPATCH_FLOATING_TYPES_AND2(at::kHalf, at::kBFloat16, y.scalar_type(), "bn_act_backward_cuda", [&] {
