@@ -9,7 +9,7 @@
 #              against the reference, fp32 and bf16, opcheck and torch.compile
 #   tests      the whole test suite
 #   profile    per op and backend at the issues' target shapes: wall vs kernel time, launches, top kernels
-#   sweep      the Triton attention's launch settings and tl.dot precision, timed at the target shapes
+#   sweep      the Triton kernels' launch settings (attention: also tl.dot precision) at the target shapes
 #              (benchmarks/sweep_triton.py): pick the shipped defaults from its table
 #   sanitizer  compute-sanitizer memcheck on the native CUDA kernels' tests (works on Firecracker machines only)
 #   bench      the benchmarks, one pytest run per file (BENCH_FILES overrides the list), each with its JSON
@@ -77,8 +77,8 @@ if wants profile; then
 fi
 
 if wants sweep; then
-  step "sweep: Triton attention launch settings"
-  within 200 python3 benchmarks/sweep_triton.py 2>&1 | tee "$LOGS/sweep.txt"
+  step "sweep: Triton launch settings"
+  within 300 python3 benchmarks/sweep_triton.py 2>&1 | tee "$LOGS/sweep.txt"
 fi
 
 if wants sanitizer; then
