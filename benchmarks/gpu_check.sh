@@ -1,7 +1,8 @@
 #!/usr/bin/env bash
 # Everything a lent GPU session should do, in calls of the device tool:
-#   run(command="bash benchmarks/gpu_check.sh build gpu-tests profile sweep", timeout_s=600)
-#   run(command="bash benchmarks/gpu_check.sh build sanitizer bench", timeout_s=600)   # while still warm
+#   run(command="bash benchmarks/gpu_check.sh build gpu-tests profile", timeout_s=600)
+#   run(command="bash benchmarks/gpu_check.sh build sweep sanitizer", timeout_s=600)   # while still warm
+#   run(command="bash benchmarks/gpu_check.sh build bench", timeout_s=600)
 # Phases, in this order whatever order they are named in:
 #   build      pip install -e . for this GPU (sm_90), then the build report (python -m t2ifast.info) and nvidia-smi
 #   ceilings   the device's measured memory bandwidth and bf16 matmul rate (benchmarks/roofline.py)
