@@ -227,14 +227,24 @@ backward_kernel(const scalar_t* __restrict__ grad_context, const scalar_t* __res
   }
 }
 
-// Calls body(std::integral_constant<int, MAX_T>) with the smallest instantiated MAX_T >= T.
-template <typename Body>
+// Calls body(std::integral_constant<int, MAX_T>) with the smallest instantiated MAX_T >= T. kWith24 adds 24:
+// AttnGAN's birds captions have T = 18, and the forward does MAX_T multiply-adds per channel and region
+// whatever T is (the backward's per-word warp sums need a power of two).
+template <bool kWith24 = false, typename Body>
 void dispatch_max_words(int64_t words_count, const Body& body) {
   TORCH_CHECK(words_count <= kMaxWords, "word_region_attention: the CUDA kernel supports at most ", kMaxWords,
               " words (T), got T = ", words_count, "; use the Triton or reference backend");
   if (words_count <= 16) {
     body(std::integral_constant<int, 16>{});
-  } else if (words_count <= 32) {
+    return;
+  }
+  if constexpr (kWith24) {
+    if (words_count <= 24) {
+      body(std::integral_constant<int, 24>{});
+      return;
+    }
+  }
+  if (words_count <= 32) {
     body(std::integral_constant<int, 32>{});
   } else {
     body(std::integral_constant<int, 64>{});
@@ -265,7 +275,7 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor> word_region_attention_cuda(const 
   const dim3 grid(static_cast<unsigned>((s.regions + kThreads - 1) / kThreads), static_cast<unsigned>(s.batch));
   const auto stream = c10::cuda::getCurrentCUDAStream();
   AT_DISPATCH_FLOATING_TYPES_AND2(at::kHalf, at::kBFloat16, regions.scalar_type(), "word_region_attention_cuda", [&] {
-    dispatch_max_words(s.words, [&](auto max_words) {
+    dispatch_max_words</*kWith24=*/true>(s.words, [&](auto max_words) {
       constexpr int MAX_T = decltype(max_words)::value;
       forward_kernel<scalar_t, MAX_T><<<grid, kThreads, 0, stream>>>(
           regions.const_data_ptr<scalar_t>(), words.const_data_ptr<scalar_t>(), mask,
