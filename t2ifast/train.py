@@ -219,6 +219,8 @@ def damsm_cache_folder(config, dataset_path):
             "max_words": config.data.max_words,
             **{k: getattr(text, k) for k in ("embedding_dim", "word_embedding_dim", "pretrain_steps")},
             **{k: getattr(text, k) for k in ("pretrain_batch_size", "pretrain_lr", "image_encoder_width")},
+            # named only when on: the DAMSMs cached before the option existed were built without it
+            **({"image_encoder_positional": True} if text.image_encoder_positional else {}),
             **{k: getattr(text, k) for k in ("inception_weights", "gamma1", "gamma2", "gamma3")},
             "seed": config.train.seed,
         },

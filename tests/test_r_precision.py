@@ -313,7 +313,7 @@ def test_damsm_encoders_are_saved_copied_and_loaded_back(tmp_path):
     from t2ifast.training import artifacts
 
     run = _fake_run(tmp_path, with_image_encoder=False)
-    config = artifacts.load_config(run / "config.yaml")
+    config = artifacts.load_run_config(run / "config.yaml")
     vocabulary = artifacts.load_vocabulary(run / artifacts.VOCABULARY)
     damsm = DAMSM(artifacts.build_text_encoder(config, len(vocabulary)), artifacts.build_image_encoder(config))
     artifacts.save_damsm_encoders(damsm, tmp_path / "cache")

@@ -195,6 +195,25 @@ def test_image_encoder_shapes_at_every_size(generator):
     torch.testing.assert_close(encoder(big), encoder(small))
 
 
+def test_positional_image_encoder_keeps_where_the_object_is(generator):
+    plain, positional = ImageEncoder(16, width=4).eval(), ImageEncoder(16, width=4, positional=True).eval()
+    assert "region_position" in dict(positional.named_parameters()) and "positional=True" in repr(positional)
+    assert positional.emb_cnn_code.in_features == 32 * (4 * 4 + 1)  # the 4×4 map flattened beside its average
+    for encoder in (plain, positional):
+        regions, code = encoder(torch.rand(3, 3, 64, 64, generator=generator) * 2 - 1)
+        assert regions.shape == (3, 16, 8, 8) and code.shape == (3, 16)
+    # the same blob moved: the plain code changes only through the zero padding at the border, and a blank image's
+    # regions are equal everywhere; the positional encoder's regions differ by cell, and so does its code
+    blank = torch.full((1, 3, 64, 64), -1.0)
+    regions, _ = plain(blank)
+    assert torch.allclose(regions[..., 3:5, 3:5], regions[..., 4:6, 4:6])
+    regions, _ = positional(blank)
+    assert not torch.allclose(regions[..., 3:5, 3:5], regions[..., 4:6, 4:6])
+    left, right = blank.clone(), blank.clone()
+    left[..., 24:40, 8:24], right[..., 24:40, 40:56] = 1.0, 1.0
+    assert not torch.allclose(positional(left)[1], positional(right)[1], atol=1e-3)
+
+
 def test_image_encoder_rejects_bad_arguments_and_inputs(generator):
     with pytest.raises(ValueError, match="input_size must be a multiple of 16"):
         ImageEncoder(input_size=40)
@@ -202,6 +221,8 @@ def test_image_encoder_rejects_bad_arguments_and_inputs(generator):
         ImageEncoder(0)
     with pytest.raises(ValueError, match="width must be"):
         ImageEncoder(width=0)
+    with pytest.raises(TypeError, match="positional must be True or False"):
+        ImageEncoder(positional="yes")
     encoder = ImageEncoder(8, width=4)
     with pytest.raises(ValueError, match=r"images must be \[B, 3, S, S\]"):
         encoder(torch.rand(2, 1, 64, 64, generator=generator))

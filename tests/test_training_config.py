@@ -4,7 +4,7 @@ from pathlib import Path
 
 import pytest
 
-from t2ifast.training.config import Config, ConfigError, load_config, save_config
+from t2ifast.training.config import Config, ConfigError, load_config, load_run_config, save_config
 
 
 def test_defaults_are_valid_and_round_trip(tmp_path):
@@ -72,3 +72,15 @@ def test_the_gan_damsm_loss_needs_the_damsm_text_encoder(source):
     ):
         load_config(overrides=["gan.damsm_weight=1", f"text.source={source}"])
     load_config(overrides=["gan.damsm_weight=1", f"text.source={source}", "model=stackgan"])  # not used there
+
+
+def test_a_run_saved_before_a_key_existed_loads_with_its_earlier_value(tmp_path):
+    # runs saved before text.image_encoder_positional had an averaging image encoder: their weights must still load
+    config = load_config()
+    assert config.text.image_encoder_positional
+    save_config(config, tmp_path / "config.yaml")
+    assert load_run_config(tmp_path / "config.yaml").text.image_encoder_positional
+    old = (tmp_path / "config.yaml").read_text().replace("  image_encoder_positional: true\n", "")
+    (tmp_path / "config.yaml").write_text(old)
+    assert not load_run_config(tmp_path / "config.yaml").text.image_encoder_positional
+    assert load_config(tmp_path / "config.yaml").text.image_encoder_positional  # a config file gets today's default

@@ -45,11 +45,13 @@ class DAMSM(nn.Module):
         self.image_encoder = image_encoder
 
     @classmethod
-    def create(cls, vocab_size, *, embedding_dim=256, word_dim=300, input_size=64, width=64, dropout=0.5):
+    def create(
+        cls, vocab_size, *, embedding_dim=256, word_dim=300, input_size=64, width=64, dropout=0.5, positional=False
+    ):
         """A DAMSM trained from scratch: TextEncoder(vocab_size, word_dim -> embedding_dim) and
-        ImageEncoder(embedding_dim, input_size, width)."""
+        ImageEncoder(embedding_dim, input_size, width, positional)."""
         text = TextEncoder(vocab_size, embedding_dim=word_dim, hidden_dim=embedding_dim, dropout=dropout)
-        return cls(text, ImageEncoder(embedding_dim, input_size=input_size, width=width))
+        return cls(text, ImageEncoder(embedding_dim, input_size=input_size, width=width, positional=positional))
 
     @property
     def embedding_dim(self):

@@ -28,7 +28,7 @@ from t2ifast.models.sentence_embeddings import DAMSMSentenceEmbeddings, MiniLMSe
 from t2ifast.models.text_conditioned_generator import StyleEncoder
 from t2ifast.models.text_encoder import TextEncoder
 from t2ifast.training.attngan import build_attngan_generator, sample_attngan
-from t2ifast.training.config import ConfigError, load_config
+from t2ifast.training.config import ConfigError, load_run_config
 from t2ifast.training.gan_int_cls import build_generator
 from t2ifast.training.stackgan import build_stackgan_sampler
 
@@ -90,7 +90,9 @@ def build_image_encoder(config):
     text = config.text
     if text.inception_weights:
         return InceptionImageEncoder(text.inception_weights, embedding_dim=text.embedding_dim)
-    return ImageEncoder(embedding_dim=text.embedding_dim, width=text.image_encoder_width)
+    return ImageEncoder(
+        embedding_dim=text.embedding_dim, width=text.image_encoder_width, positional=text.image_encoder_positional
+    )
 
 
 def save_damsm_encoders(damsm, folder):
@@ -129,7 +131,7 @@ def load_damsm_encoders(run_dir, device="cpu"):
     run_dir = Path(run_dir)
     if not (run_dir / "config.yaml").is_file():
         raise FileNotFoundError(f"{run_dir} is not a t2ifast run folder (no config.yaml)")
-    config = load_config(run_dir / "config.yaml")
+    config = load_run_config(run_dir / "config.yaml")
     for name in (TEXT_ENCODER, IMAGE_ENCODER):
         if not (run_dir / name).is_file():
             raise FileNotFoundError(
@@ -227,7 +229,7 @@ def load_run(run_dir, device="cpu"):
     run_dir = Path(run_dir)
     if not (run_dir / "config.yaml").is_file():
         raise FileNotFoundError(f"{run_dir} is not a t2ifast run folder (no config.yaml)")
-    config = load_config(run_dir / "config.yaml")
+    config = load_run_config(run_dir / "config.yaml")
     if config.model == "damsm":
         raise ConfigError(f"{run_dir} is a DAMSM pretraining run: it has no generator to sample from")
     vocabulary = load_vocabulary(run_dir / VOCABULARY)

@@ -17,7 +17,9 @@ def build_damsm(config, vocabulary_size):
     if text.inception_weights:
         image_encoder = InceptionImageEncoder(text.inception_weights, embedding_dim=text.embedding_dim)
     else:
-        image_encoder = ImageEncoder(embedding_dim=text.embedding_dim, width=text.image_encoder_width)
+        image_encoder = ImageEncoder(
+            embedding_dim=text.embedding_dim, width=text.image_encoder_width, positional=text.image_encoder_positional
+        )
     return DAMSM(text_encoder, image_encoder)
 
 
