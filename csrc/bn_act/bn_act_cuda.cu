@@ -101,6 +101,48 @@ __device__ T block_sum(T v) {
   return v;
 }
 
+// This thread's Welford statistics of elements begin, begin + kThreads, ... < end of channel c.
+template <typename scalar_t, typename acc_t, typename index_t>
+__device__ void thread_welford(const scalar_t* __restrict__ y, index_t c, index_t C, index_t L, index_t begin,
+                               index_t end, acc_t& count, acc_t& mean, acc_t& m2) {
+  count = mean = m2 = 0;
+  for (index_t j = begin + threadIdx.x; j < end; j += kThreads) {
+    const acc_t x = static_cast<acc_t>(y[channel_offset(j, c, C, L)]);
+    count += acc_t(1);
+    const acc_t delta = x - mean;
+    mean += delta / count;
+    m2 += delta * (x - mean);
+  }
+}
+
+// The per-channel affine map before the activation: z = (y - center) * scale + shift.
+template <typename acc_t>
+struct ChannelAffine {
+  acc_t center, scale, shift;
+  __device__ __forceinline__ acc_t operator()(acc_t y) const { return (y - center) * scale + shift; }
+};
+
+// The output of one element: act(a(ya)), or for GLU a(ya) * sigmoid(b(yb)) with yb from the pair channel.
+template <typename acc_t>
+__device__ __forceinline__ acc_t activated(acc_t ya, acc_t yb, const ChannelAffine<acc_t>& a,
+                                           const ChannelAffine<acc_t>& b, Activation act, acc_t slope) {
+  if (act == Activation::Glu) return a(ya) * sigmoid_of(b(yb));
+  return activate(a(ya), act, slope);
+}
+
+// dL/dz of one element (ga) and of its GLU pair (gb; 0 for the other activations), recomputed from y.
+template <typename acc_t>
+__device__ __forceinline__ void recomputed_dz(acc_t g, acc_t ya, acc_t yb, const ChannelAffine<acc_t>& a,
+                                              const ChannelAffine<acc_t>& b, Activation act, acc_t slope, acc_t& ga,
+                                              acc_t& gb) {
+  if (act == Activation::Glu) {
+    glu_grad(g, a(ya), b(yb), ga, gb);
+  } else {
+    ga = activation_grad(g, a(ya), act, slope);
+    gb = 0;
+  }
+}
+
 // grid (C, slices): partial[c, s] = (count, mean, M2) of channel c over its slice s of the N*L elements.
 template <typename scalar_t, typename acc_t, typename index_t>
 __global__ void __launch_bounds__(kThreads)
@@ -110,14 +152,8 @@ stats_partial_kernel(const scalar_t* __restrict__ y, acc_t* __restrict__ partial
   const index_t s = blockIdx.y;
   const index_t begin = s * chunk;
   const index_t end = begin + chunk < M ? begin + chunk : M;
-  acc_t count = 0, mean = 0, m2 = 0;
-  for (index_t j = begin + threadIdx.x; j < end; j += kThreads) {
-    const acc_t x = static_cast<acc_t>(y[channel_offset(j, c, C, L)]);
-    count += acc_t(1);
-    const acc_t delta = x - mean;
-    mean += delta / count;
-    m2 += delta * (x - mean);
-  }
+  acc_t count, mean, m2;
+  thread_welford<scalar_t, acc_t, index_t>(y, c, C, L, begin, end, count, mean, m2);
   block_welford(count, mean, m2);
   if (threadIdx.x == 0) {
     acc_t* out = partial + (static_cast<int64_t>(c) * gridDim.y + s) * 3;
@@ -125,6 +161,25 @@ stats_partial_kernel(const scalar_t* __restrict__ y, acc_t* __restrict__ partial
     out[1] = mean;
     out[2] = m2;
   }
+}
+
+// A channel's statistics done: saves mean / invstd, updates the running statistics (momentum, unbiased variance)
+// and returns (mean, scale, shift) of z = (y - mean) * scale + shift through params[0..2]. One thread per channel.
+template <typename scalar_t, typename acc_t>
+__device__ void finish_channel_stats(int64_t c, acc_t count, acc_t mean, acc_t m2, const scalar_t* __restrict__ gamma,
+                                     const scalar_t* __restrict__ beta, scalar_t* __restrict__ running_mean,
+                                     scalar_t* __restrict__ running_var, acc_t* __restrict__ save_mean,
+                                     acc_t* __restrict__ save_invstd, double momentum, double eps, acc_t* params) {
+  const acc_t invstd = acc_t(1) / ::sqrt(m2 / count + static_cast<acc_t>(eps));
+  save_mean[c] = mean;
+  save_invstd[c] = invstd;
+  const acc_t m = static_cast<acc_t>(momentum);
+  running_mean[c] = static_cast<scalar_t>((acc_t(1) - m) * static_cast<acc_t>(running_mean[c]) + m * mean);
+  running_var[c] =
+      static_cast<scalar_t>((acc_t(1) - m) * static_cast<acc_t>(running_var[c]) + m * m2 / (count - acc_t(1)));
+  params[0] = mean;
+  params[1] = static_cast<acc_t>(gamma[c]) * invstd;
+  params[2] = static_cast<acc_t>(beta[c]);
 }
 
 // One thread per channel: merge the slices, save mean/invstd, form scale/shift, update the running stats.
@@ -141,16 +196,11 @@ __global__ void stats_merge_kernel(const acc_t* __restrict__ partial, int64_t sl
     const acc_t* p = partial + (c * slices + s) * 3;
     welford_merge(count, mean, m2, p[0], p[1], p[2]);
   }
-  const acc_t invstd = acc_t(1) / ::sqrt(m2 / count + static_cast<acc_t>(eps));
-  save_mean[c] = mean;
-  save_invstd[c] = invstd;
-  const acc_t sc = static_cast<acc_t>(gamma[c]) * invstd;
-  scale[c] = sc;
-  shift[c] = static_cast<acc_t>(beta[c]);  // z = (y - mean) * scale + beta: centred first, exact for |mean| >> std
-  const acc_t m = static_cast<acc_t>(momentum);
-  running_mean[c] = static_cast<scalar_t>((acc_t(1) - m) * static_cast<acc_t>(running_mean[c]) + m * mean);
-  running_var[c] =
-      static_cast<scalar_t>((acc_t(1) - m) * static_cast<acc_t>(running_var[c]) + m * m2 / (count - acc_t(1)));
+  acc_t params[3];
+  finish_channel_stats<scalar_t, acc_t>(c, count, mean, m2, gamma, beta, running_mean, running_var, save_mean,
+                                        save_invstd, momentum, eps, params);
+  scale[c] = params[1];
+  shift[c] = params[2];  // z = (y - mean) * scale + beta: centred first, exact for |mean| >> std
 }
 
 // out[n, c, l] = act((y[n, c, l] - center[c]) * scale[c] + shift[c]); GLU reads channels c and c + C_out.
@@ -166,16 +216,11 @@ affine_act_kernel(const scalar_t* __restrict__ y, const acc_t* __restrict__ scal
     const index_t n = row / C_out;
     const index_t c = row - n * C_out;
     const index_t a_offset = (n * C + c) * L + pos;
-    const acc_t a = (static_cast<acc_t>(y[a_offset]) - center[c]) * scale[c] + shift[c];
-    acc_t o;
-    if (act == Activation::Glu) {
-      const index_t cb = c + C_out;
-      const acc_t b = (static_cast<acc_t>(y[a_offset + C_out * L]) - center[cb]) * scale[cb] + shift[cb];
-      o = a * sigmoid_of(b);
-    } else {
-      o = activate(a, act, slope);
-    }
-    out[i] = static_cast<scalar_t>(o);
+    const bool glu = act == Activation::Glu;
+    const index_t cb = glu ? c + C_out : c;
+    const ChannelAffine<acc_t> a{center[c], scale[c], shift[c]}, b{center[cb], scale[cb], shift[cb]};
+    const acc_t yb = glu ? static_cast<acc_t>(y[a_offset + C_out * L]) : acc_t(0);
+    out[i] = static_cast<scalar_t>(activated(static_cast<acc_t>(y[a_offset]), yb, a, b, act, slope));
   }
 }
 
@@ -192,25 +237,20 @@ backward_sums_kernel(const scalar_t* __restrict__ grad_out, const scalar_t* __re
   const index_t begin = s * chunk;
   const index_t end = begin + chunk < M ? begin + chunk : M;
   const bool glu = act == Activation::Glu;
-  const acc_t sa = scale[c], ta = shift[c], ma = center[c];
-  const acc_t sb = glu ? scale[cb] : acc_t(0), tb = glu ? shift[cb] : acc_t(0), mb = glu ? center[cb] : acc_t(0);
+  const ChannelAffine<acc_t> a{center[c], scale[c], shift[c]};
+  const ChannelAffine<acc_t> b = glu ? ChannelAffine<acc_t>{center[cb], scale[cb], shift[cb]} : a;
   acc_t dz_a = 0, dzy_a = 0, dz_b = 0, dzy_b = 0;
   for (index_t j = begin + threadIdx.x; j < end; j += kThreads) {
     const acc_t g = static_cast<acc_t>(grad_out[channel_offset(j, c, C_out, L)]);
     const index_t a_offset = channel_offset(j, c, C, L);
     const acc_t ya = static_cast<acc_t>(y[a_offset]);
-    acc_t ga;
-    if (glu) {
-      const acc_t yb = static_cast<acc_t>(y[a_offset + C_out * L]);
-      acc_t gb;
-      glu_grad(g, (ya - ma) * sa + ta, (yb - mb) * sb + tb, ga, gb);
-      dz_b += gb;
-      dzy_b += gb * (yb - mb);
-    } else {
-      ga = activation_grad(g, (ya - ma) * sa + ta, act, slope);
-    }
+    const acc_t yb = glu ? static_cast<acc_t>(y[a_offset + C_out * L]) : acc_t(0);
+    acc_t ga, gb;
+    recomputed_dz(g, ya, yb, a, b, act, slope, ga, gb);
     dz_a += ga;
-    dzy_a += ga * (ya - ma);
+    dzy_a += ga * (ya - a.center);
+    dz_b += gb;
+    dzy_b += gb * (yb - b.center);
   }
   dz_a = block_sum(dz_a);
   dzy_a = block_sum(dzy_a);
@@ -228,6 +268,15 @@ backward_sums_kernel(const scalar_t* __restrict__ grad_out, const scalar_t* __re
       out_b[1] = dzy_b;
     }
   }
+}
+
+// The coefficients of BatchNorm's grad_y = scale * dz - alpha - beta * (y - mean) from a channel's sums of dz and
+// dz * (y - mean): alpha = scale * sum_dz / M, beta = scale * invstd^2 * sum_dzy / M.
+template <typename acc_t>
+__device__ __forceinline__ void batch_norm_grad_coefficients(acc_t scale, acc_t invstd, acc_t sum_dz, acc_t sum_dzy,
+                                                             acc_t inv_count, acc_t& alpha, acc_t& beta) {
+  alpha = scale * sum_dz * inv_count;
+  beta = scale * invstd * invstd * sum_dzy * inv_count;
 }
 
 // One thread per channel: sum the slices; gradients of the per-channel parameters and the coefficients
@@ -251,8 +300,7 @@ __global__ void backward_merge_kernel(const acc_t* __restrict__ partial, int64_t
   if (batch_norm) {
     const acc_t inv_count = acc_t(1) / static_cast<acc_t>(M);
     grad_first[c] = static_cast<scalar_t>(sum_dzy * invstd[c]);
-    alpha[c] = scale[c] * sum_dz * inv_count;
-    beta[c] = scale[c] * invstd[c] * invstd[c] * sum_dzy * inv_count;
+    batch_norm_grad_coefficients(scale[c], invstd[c], sum_dz, sum_dzy, inv_count, alpha[c], beta[c]);
   } else {
     grad_first[c] = static_cast<scalar_t>(sum_dzy);
     alpha[c] = 0;
@@ -275,21 +323,16 @@ backward_elementwise_kernel(const scalar_t* __restrict__ grad_out, const scalar_
     const index_t n = row / C_out;
     const index_t c = row - n * C_out;
     const index_t a_offset = (n * C + c) * L + pos;
-    const acc_t g = static_cast<acc_t>(grad_out[i]);
+    const bool glu = act == Activation::Glu;
+    const index_t cb = glu ? c + C_out : c;
+    const index_t b_offset = a_offset + C_out * L;
+    const ChannelAffine<acc_t> a{center[c], scale[c], shift[c]}, b{center[cb], scale[cb], shift[cb]};
     const acc_t ya = static_cast<acc_t>(y[a_offset]);
-    const acc_t za = (ya - center[c]) * scale[c] + shift[c];
-    acc_t ga;
-    if (act == Activation::Glu) {
-      const index_t cb = c + C_out;
-      const index_t b_offset = a_offset + C_out * L;
-      const acc_t yb = static_cast<acc_t>(y[b_offset]);
-      acc_t gb;
-      glu_grad(g, za, (yb - center[cb]) * scale[cb] + shift[cb], ga, gb);
-      grad_y[b_offset] = static_cast<scalar_t>(scale[cb] * gb - alpha[cb] - beta[cb] * (yb - center[cb]));
-    } else {
-      ga = activation_grad(g, za, act, slope);
-    }
-    grad_y[a_offset] = static_cast<scalar_t>(scale[c] * ga - alpha[c] - beta[c] * (ya - center[c]));
+    const acc_t yb = glu ? static_cast<acc_t>(y[b_offset]) : acc_t(0);
+    acc_t ga, gb;
+    recomputed_dz(static_cast<acc_t>(grad_out[i]), ya, yb, a, b, act, slope, ga, gb);
+    if (glu) grad_y[b_offset] = static_cast<scalar_t>(b.scale * gb - alpha[cb] - beta[cb] * (yb - b.center));
+    grad_y[a_offset] = static_cast<scalar_t>(a.scale * ga - alpha[c] - beta[c] * (ya - a.center));
   }
 }
 
@@ -297,35 +340,9 @@ backward_elementwise_kernel(const scalar_t* __restrict__ grad_out, const scalar_
 template <typename scalar_t, typename acc_t, typename index_t>
 __device__ void channel_welford(const scalar_t* __restrict__ y, index_t c, index_t C, index_t L, index_t M,
                                 acc_t& count, acc_t& mean, acc_t& m2) {
-  count = mean = m2 = 0;
-  for (index_t j = threadIdx.x; j < M; j += kThreads) {
-    const acc_t x = static_cast<acc_t>(y[channel_offset(j, c, C, L)]);
-    count += acc_t(1);
-    const acc_t delta = x - mean;
-    mean += delta / count;
-    m2 += delta * (x - mean);
-  }
+  thread_welford<scalar_t, acc_t, index_t>(y, c, C, L, index_t(0), M, count, mean, m2);
   block_welford(count, mean, m2);
   __syncthreads();  // block_welford's shared arrays are free for the next call
-}
-
-// Thread 0, after channel_welford: saves mean / invstd, updates the running statistics as merge does, and
-// returns (mean, scale, shift) of z = (y - mean) * scale + shift through params[0..2].
-template <typename scalar_t, typename acc_t>
-__device__ void finish_channel_stats(int64_t c, acc_t count, acc_t mean, acc_t m2, const scalar_t* __restrict__ gamma,
-                                     const scalar_t* __restrict__ beta, scalar_t* __restrict__ running_mean,
-                                     scalar_t* __restrict__ running_var, acc_t* __restrict__ save_mean,
-                                     acc_t* __restrict__ save_invstd, double momentum, double eps, acc_t* params) {
-  const acc_t invstd = acc_t(1) / ::sqrt(m2 / count + static_cast<acc_t>(eps));
-  save_mean[c] = mean;
-  save_invstd[c] = invstd;
-  const acc_t m = static_cast<acc_t>(momentum);
-  running_mean[c] = static_cast<scalar_t>((acc_t(1) - m) * static_cast<acc_t>(running_mean[c]) + m * mean);
-  running_var[c] =
-      static_cast<scalar_t>((acc_t(1) - m) * static_cast<acc_t>(running_var[c]) + m * m2 / (count - acc_t(1)));
-  params[0] = mean;
-  params[1] = static_cast<acc_t>(gamma[c]) * invstd;
-  params[2] = static_cast<acc_t>(beta[c]);
 }
 
 // Training forward of small layers, grid (C_out): block c computes the statistics of channel c (and of its GLU
@@ -350,18 +367,13 @@ single_block_forward_kernel(const scalar_t* __restrict__ y, const scalar_t* __re
     }
   }
   __syncthreads();
-  const acc_t ma = params[0], sa = params[1], ta = params[2];
+  const ChannelAffine<acc_t> a{params[0], params[1], params[2]};
+  const ChannelAffine<acc_t> b = glu ? ChannelAffine<acc_t>{params[3], params[4], params[5]} : a;
   for (index_t j = threadIdx.x; j < M; j += kThreads) {
     const index_t a_offset = channel_offset(j, c, C, L);
-    const acc_t a = (static_cast<acc_t>(y[a_offset]) - ma) * sa + ta;
-    acc_t o;
-    if (glu) {
-      const acc_t b = (static_cast<acc_t>(y[a_offset + C_out * L]) - params[3]) * params[4] + params[5];
-      o = a * sigmoid_of(b);
-    } else {
-      o = activate(a, act, slope);
-    }
-    out[channel_offset(j, c, C_out, L)] = static_cast<scalar_t>(o);
+    const acc_t yb = glu ? static_cast<acc_t>(y[a_offset + C_out * L]) : acc_t(0);
+    out[channel_offset(j, c, C_out, L)] =
+        static_cast<scalar_t>(activated(static_cast<acc_t>(y[a_offset]), yb, a, b, act, slope));
   }
 }
 
@@ -378,33 +390,20 @@ single_block_backward_kernel(const scalar_t* __restrict__ grad_out, const scalar
   __shared__ acc_t coefficients[4];  // (alpha, beta) of grad_y = scale * dz - alpha - beta * (y - mean), a then b
   const bool glu = act == Activation::Glu;
   const index_t c = blockIdx.x;
-  const index_t cb = c + C_out;
-  const acc_t ma = mean[c], sa = static_cast<acc_t>(gamma[c]) * invstd[c], ta = static_cast<acc_t>(beta[c]);
-  const acc_t mb = glu ? mean[cb] : acc_t(0);
-  const acc_t sb = glu ? static_cast<acc_t>(gamma[cb]) * invstd[cb] : acc_t(0);
-  const acc_t tb = glu ? static_cast<acc_t>(beta[cb]) : acc_t(0);
-  // dL/dz of element j for channel c (ga) and its pair (gb), recomputed from y
-  const auto grads = [&](index_t j, index_t& a_offset, acc_t& ya, acc_t& yb, acc_t& ga, acc_t& gb) {
-    a_offset = channel_offset(j, c, C, L);
-    const acc_t g = static_cast<acc_t>(grad_out[channel_offset(j, c, C_out, L)]);
-    ya = static_cast<acc_t>(y[a_offset]);
-    if (glu) {
-      yb = static_cast<acc_t>(y[a_offset + C_out * L]);
-      glu_grad(g, (ya - ma) * sa + ta, (yb - mb) * sb + tb, ga, gb);
-    } else {
-      yb = gb = 0;
-      ga = activation_grad(g, (ya - ma) * sa + ta, act, slope);
-    }
-  };
+  const index_t cb = glu ? c + C_out : c;
+  const ChannelAffine<acc_t> a{mean[c], static_cast<acc_t>(gamma[c]) * invstd[c], static_cast<acc_t>(beta[c])};
+  const ChannelAffine<acc_t> b{mean[cb], static_cast<acc_t>(gamma[cb]) * invstd[cb], static_cast<acc_t>(beta[cb])};
   acc_t dz_a = 0, dzy_a = 0, dz_b = 0, dzy_b = 0;
   for (index_t j = threadIdx.x; j < M; j += kThreads) {
-    index_t a_offset;
-    acc_t ya, yb, ga, gb;
-    grads(j, a_offset, ya, yb, ga, gb);
+    const index_t a_offset = channel_offset(j, c, C, L);
+    const acc_t ya = static_cast<acc_t>(y[a_offset]);
+    const acc_t yb = glu ? static_cast<acc_t>(y[a_offset + C_out * L]) : acc_t(0);
+    acc_t ga, gb;
+    recomputed_dz(static_cast<acc_t>(grad_out[channel_offset(j, c, C_out, L)]), ya, yb, a, b, act, slope, ga, gb);
     dz_a += ga;
-    dzy_a += ga * (ya - ma);
+    dzy_a += ga * (ya - a.center);
     dz_b += gb;
-    dzy_b += gb * (yb - mb);
+    dzy_b += gb * (yb - b.center);
   }
   dz_a = block_sum(dz_a);
   dzy_a = block_sum(dzy_a);
@@ -416,23 +415,24 @@ single_block_backward_kernel(const scalar_t* __restrict__ grad_out, const scalar
     const acc_t inv_count = acc_t(1) / static_cast<acc_t>(M);
     grad_weight[c] = static_cast<scalar_t>(dzy_a * invstd[c]);
     grad_bias[c] = static_cast<scalar_t>(dz_a);
-    coefficients[0] = sa * dz_a * inv_count;
-    coefficients[1] = sa * invstd[c] * invstd[c] * dzy_a * inv_count;
+    batch_norm_grad_coefficients(a.scale, invstd[c], dz_a, dzy_a, inv_count, coefficients[0], coefficients[1]);
     if (glu) {
       grad_weight[cb] = static_cast<scalar_t>(dzy_b * invstd[cb]);
       grad_bias[cb] = static_cast<scalar_t>(dz_b);
-      coefficients[2] = sb * dz_b * inv_count;
-      coefficients[3] = sb * invstd[cb] * invstd[cb] * dzy_b * inv_count;
+      batch_norm_grad_coefficients(b.scale, invstd[cb], dz_b, dzy_b, inv_count, coefficients[2], coefficients[3]);
     }
   }
   __syncthreads();
   for (index_t j = threadIdx.x; j < M; j += kThreads) {
-    index_t a_offset;
-    acc_t ya, yb, ga, gb;
-    grads(j, a_offset, ya, yb, ga, gb);
-    grad_y[a_offset] = static_cast<scalar_t>(sa * ga - coefficients[0] - coefficients[1] * (ya - ma));
+    const index_t a_offset = channel_offset(j, c, C, L);
+    const acc_t ya = static_cast<acc_t>(y[a_offset]);
+    const acc_t yb = glu ? static_cast<acc_t>(y[a_offset + C_out * L]) : acc_t(0);
+    acc_t ga, gb;
+    recomputed_dz(static_cast<acc_t>(grad_out[channel_offset(j, c, C_out, L)]), ya, yb, a, b, act, slope, ga, gb);
+    grad_y[a_offset] = static_cast<scalar_t>(a.scale * ga - coefficients[0] - coefficients[1] * (ya - a.center));
     if (glu) {
-      grad_y[a_offset + C_out * L] = static_cast<scalar_t>(sb * gb - coefficients[2] - coefficients[3] * (yb - mb));
+      grad_y[a_offset + C_out * L] =
+          static_cast<scalar_t>(b.scale * gb - coefficients[2] - coefficients[3] * (yb - b.center));
     }
   }
 }
