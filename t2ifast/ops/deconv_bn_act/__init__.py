@@ -121,7 +121,12 @@ def _check_bn_args(y, weight, bias, running_mean, running_var, training, momentu
     _check_bn_params(
         y.shape[1], y, weight, bias, running_mean, running_var, training, momentum, eps, act, negative_slope
     )
-    if training and y.numel() // max(y.shape[1], 1) <= 1:
+    if training:
+        _check_values_per_channel(y)
+
+
+def _check_values_per_channel(y):
+    if y.numel() // max(y.shape[1], 1) <= 1:
         raise ValueError(f"expected more than 1 value per channel when training, got y of shape {list(y.shape)}")
 
 
@@ -286,15 +291,16 @@ def _conv_bn_act(
     x, weight, bias = _autocast_conv_inputs(x, weight, bias)
     channels = _check_conv_weight(x, weight, bias, transposed=transposed, groups=groups)
     settings = (bn["training"], bn["momentum"], bn["eps"], bn["act"], bn["negative_slope"])
-    _check_bn_params(
-        channels, weight, bn_weight, bn_bias, running_mean, running_var, *settings, names=("weight", "bn_")
-    )
+    bn_tensors = (bn_weight, bn_bias, running_mean, running_var)
+    _check_bn_params(channels, weight, *bn_tensors, *settings, names=("weight", "bn_"))
     if _select("bn_act_train", x.device.type, bn["act"]) == "reference":
-        return reference(x, weight, bias, bn_weight, bn_bias, running_mean, running_var, **bn)
-    if bn["training"]:
-        return bn_act(conv(x, weight, bias), bn_weight, bn_bias, running_mean, running_var, **bn)
+        return reference(x, weight, bias, *bn_tensors, **bn)
+    if bn["training"]:  # the BatchNorm arguments are checked above: straight to the fused op
+        y = conv(x, weight, bias)
+        _check_values_per_channel(y)
+        return _bn_act_train(y, *bn_tensors, bn["momentum"], bn["eps"], bn["act"], bn["negative_slope"])
     folded_weight, ones, folded_bias = _fold_for_eval(
-        weight, bias, bn_weight, bn_bias, running_mean, running_var, eps=bn["eps"], transposed=transposed, groups=groups
+        weight, bias, *bn_tensors, eps=bn["eps"], transposed=transposed, groups=groups
     )
     return _affine_act(conv(x, folded_weight, None), ones, folded_bias, bn["act"], bn["negative_slope"])
 
