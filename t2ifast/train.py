@@ -27,7 +27,8 @@ from pathlib import Path
 import torch
 
 import t2ifast
-from t2ifast.data import Batch, DataError, generate_synthetic, make_loader, open_dataset
+from t2ifast.data import ATTRIBUTES, Batch, DataError, generate_synthetic, load_attributes, make_loader, open_dataset
+from t2ifast.data.batch_order import ContrastGroups
 from t2ifast.models.sentence_embeddings import (
     DAMSMSentenceEmbeddings,
     MiniLMSentenceEmbeddings,
@@ -131,7 +132,7 @@ def run(config, runtime, *, resume=False):
     if runtime.is_main:
         artifacts.save_vocabulary(train_set.vocabulary, out / artifacts.VOCABULARY)
     if config.model == "damsm":
-        damsm = pretrain_damsm(config, train_set, runtime, out, resume=resume)
+        damsm = pretrain_damsm(config, folder, train_set, runtime, out, resume=resume)
         if runtime.is_main:
             artifacts.save_damsm_encoders(damsm, out)
         return
@@ -167,7 +168,7 @@ def dataset_folder(config, runtime):
     return generate_synthetic(root, config.data.synthetic_images, size, config.data.synthetic_seed)
 
 
-def loader_for(config, dataset, runtime, *, batch_size, seed_offset=0):
+def loader_for(config, dataset, runtime, *, batch_size, seed_offset=0, contrast=None):
     return make_loader(
         dataset,
         batch_size,
@@ -181,6 +182,7 @@ def loader_for(config, dataset, runtime, *, batch_size, seed_offset=0):
         last_batch="drop",  # every rank runs the same number of steps; batch statistics never see a tiny batch
         num_workers=config.data.workers,
         device="gpu" if runtime.device.type == "cuda" else "cpu",
+        contrast=contrast,
     )
 
 
@@ -202,9 +204,31 @@ def _train_kwargs(config, loader, out, resume):
     }
 
 
-def pretrain_damsm(config, dataset, runtime, out, *, resume):
+def contrast_groups(config, folder, dataset):
+    """The DAMSM pretraining's contrast groups (text.pretrain_contrast), or None when off."""
+    text = config.text
+    if text.pretrain_contrast is None:
+        return None
+    attributes = load_attributes(folder)
+    sample_attributes = [{name: attributes[key][name] for name in ATTRIBUTES} for key in dataset.keys]
+    return ContrastGroups(
+        sample_attributes,
+        text.pretrain_contrast,
+        fraction=text.pretrain_contrast_fraction,
+        group_size=text.pretrain_contrast_group,
+    )
+
+
+def pretrain_damsm(config, folder, dataset, runtime, out, *, resume):
     task = DAMSMTask(config, len(dataset.vocabulary), runtime, use_class_ids=dataset.class_ids is not None)
-    loader = loader_for(config, dataset, runtime, batch_size=config.text.pretrain_batch_size, seed_offset=1)
+    loader = loader_for(
+        config,
+        dataset,
+        runtime,
+        batch_size=config.text.pretrain_batch_size,
+        seed_offset=1,
+        contrast=contrast_groups(config, folder, dataset),
+    )
     kwargs = _train_kwargs(config, loader, out, resume) | {"steps": config.text.pretrain_steps, "time_limit_s": None}
     train(task, loader, runtime, **kwargs)
     return task.damsm
@@ -221,6 +245,14 @@ def damsm_cache_folder(config, dataset_path):
             **{k: getattr(text, k) for k in ("pretrain_batch_size", "pretrain_lr", "image_encoder_width")},
             # named only when on: the DAMSMs cached before the option existed were built without it
             **({"image_encoder_positional": True} if text.image_encoder_positional else {}),
+            **(
+                {
+                    k: getattr(text, k)
+                    for k in ("pretrain_contrast", "pretrain_contrast_fraction", "pretrain_contrast_group")
+                }
+                if text.pretrain_contrast
+                else {}
+            ),
             **{k: getattr(text, k) for k in ("inception_weights", "gamma1", "gamma2", "gamma3")},
             "seed": config.train.seed,
         },
@@ -244,7 +276,7 @@ def damsm_encoders(config, folder, dataset, runtime, out):
             cache_config = load_config(overrides=[f"train.out={cache}"])
             cache_config.text, cache_config.data, cache_config.train.seed = text, config.data, config.train.seed
             cache_config.train.device, cache_config.train.amp = config.train.device, config.train.amp
-            damsm = pretrain_damsm(cache_config, dataset, runtime, cache, resume=True)
+            damsm = pretrain_damsm(cache_config, folder, dataset, runtime, cache, resume=True)
             if runtime.is_main:
                 artifacts.save_damsm_encoders(damsm, cache)
             runtime.barrier()

@@ -9,17 +9,20 @@ import subprocess
 import sys
 import time
 
+import numpy as np
 import pytest
 import torch
 from safetensors.torch import load_file
 
+import t2ifast.train as train_module
 from t2ifast import sample
-from t2ifast.data import generate_synthetic, make_loader, open_dataset
+from t2ifast.data import generate_synthetic, load_attributes, make_loader, open_dataset
 from t2ifast.losses import damsm_sentence_loss, damsm_word_loss
 from t2ifast.models.image_encoder import ImageEncoder
 from t2ifast.models.sentence_embeddings import DAMSMSentenceEmbeddings
 from t2ifast.models.text_conditioned_generator import StyleEncoder, TextConditionedGenerator
 from t2ifast.models.text_encoder import TextEncoder
+from t2ifast.train import contrast_groups, damsm_cache_folder, pretrain_damsm
 from t2ifast.training import checkpoint, loop
 from t2ifast.training.artifacts import load_damsm_encoders, load_run, load_weights, save_weights
 from t2ifast.training.attngan import AttnGANTask
@@ -186,6 +189,29 @@ def _task(dataset):
     torch.manual_seed(0)
     image_encoder = ImageEncoder(32, input_size=32, width=4)
     return GANINTCLSTask(config, _embed(dataset), Runtime(torch.device("cpu")), image_encoder=image_encoder)
+
+
+def test_damsm_pretraining_with_contrast_groups(tmp_path_factory, tmp_path, monkeypatch):
+    folder = generate_synthetic(tmp_path_factory.mktemp("contrast"), num_images=300, size=32, seed=3, workers=1)
+    dataset = open_dataset(folder, "train")
+    config = load_config(overrides=[*TINY, "text.pretrain_contrast=shape", "text.pretrain_contrast_group=3"])
+    contrast = contrast_groups(config, folder, dataset)
+    attributes = load_attributes(folder)
+    group = contrast.draw(np.random.default_rng(0), 2)  # one group: every pool has two values or more
+    records = [attributes[dataset.keys[i]] for i in group]
+    assert len({r["shape"] for r in records}) == 2
+    assert all(len({r[name] for r in records}) == 1 for name in ("colour", "size", "position", "background"))
+    # the pretrained DAMSM is cached under a key that names the contrast: a DAMSM pretrained without is not reused
+    plain = load_config(overrides=TINY)
+    assert damsm_cache_folder(config, folder) != damsm_cache_folder(plain, folder)
+    config.text.pretrain_steps, config.text.pretrain_batch_size = 2, 8
+    loaders = []
+    monkeypatch.setattr(
+        train_module, "make_loader", lambda *a, **k: loaders.append(make_loader(*a, **k)) or loaders[-1]
+    )
+    damsm = pretrain_damsm(config, folder, dataset, Runtime(torch.device("cpu")), tmp_path, resume=False)
+    assert all(torch.isfinite(p).all() for p in damsm.parameters())
+    assert len(loaders) == 1 and loaders[0]._sampler.contrast.vary == "shape"
 
 
 def test_resume_gives_the_same_next_steps(shapes, tmp_path):

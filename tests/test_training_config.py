@@ -42,11 +42,26 @@ def test_file_then_overrides(tmp_path):
         ("train.compile=maybe", r"train.compile must be true or false, got 'maybe'"),
         ("gan.damsm_weight=-1", r"gan.damsm_weight must be at least 0.0, got -1.0"),
         ("nonsense", r"an override must look like section.key=value"),
+        ("text.pretrain_contrast=texture", r"text.pretrain_contrast must be one of shape, colour, .*got 'texture'"),
     ],
 )
 def test_bad_values_name_their_key(override, message):
     with pytest.raises(ConfigError, match=message):
         load_config(overrides=[override])
+
+
+@pytest.mark.parametrize(
+    ("overrides", "message"),
+    [
+        (["data.path=/data/birds"], r"text.pretrain_contrast='shape' needs every image's attributes, which only"),
+        (["text.pretrain_contrast_fraction=0"], r"text.pretrain_contrast_fraction must be in \(0, 1\], got 0.0"),
+        (["text.pretrain_contrast_group=1"], r"text.pretrain_contrast_group must be at least 2, got 1"),
+    ],
+)
+def test_contrast_groups_need_the_synthetic_set_and_sane_sizes(overrides, message):
+    load_config(overrides=["text.pretrain_contrast=shape"])  # valid on its own
+    with pytest.raises(ConfigError, match=message):
+        load_config(overrides=["text.pretrain_contrast=shape", *overrides])
 
 
 def test_missing_file_is_named(tmp_path):

@@ -13,10 +13,12 @@ LastBatchPolicy.DROP leaves the incomplete batch out. DALI's default (FILL, repe
 import concurrent.futures
 import warnings
 
+import numpy as np
 import torch
 from nvidia.dali import fn, pipeline_def, types
 from nvidia.dali.plugin.pytorch import DALIGenericIterator, LastBatchPolicy
 
+from t2ifast.data.batch_order import EpochBatches
 from t2ifast.data.errors import DataError, SkipReport
 from t2ifast.data.images import enlarged_size, load_image
 from t2ifast.data.loader import Batch, check_loader_options, shard_range
@@ -31,9 +33,29 @@ def _lookup(index, values):
     return fn.lookup_table(index, keys=list(range(len(values))), values=[float(v) for v in values], dtype=types.FLOAT)
 
 
-@pipeline_def
-def _image_pipeline(files, crop_boxes, sizes, augment, shuffle, reader_seed, shard_id, num_shards, decode_device):
-    encoded, index = fn.readers.file(
+class _SampledFiles:
+    """The pipeline's external source when the batches are composed in Python (contrast groups): per batch of
+    `sampler` (an EpochBatches), the encoded files and their sample indices. With cycle="raise" DALI calls
+    iter() again at the end of each epoch, which starts the sampler's next one."""
+
+    def __init__(self, files, sampler):
+        self.files, self.sampler = files, sampler
+
+    def __iter__(self):
+        for batch in self.sampler:
+            indices = [index for index, _ in batch]
+            encoded = [np.fromfile(self.files[i], dtype=np.uint8) for i in indices]
+            yield encoded, [np.array([i], dtype=np.int32) for i in indices]
+        self.sampler.epoch += 1
+
+
+def _read_files(files, shuffle, reader_seed, shard_id, num_shards, sampled):
+    """(encoded images, sample index): from DALI's file reader, or from `sampled` (a _SampledFiles) when given."""
+    if sampled is not None:
+        return fn.external_source(
+            source=sampled, num_outputs=2, batch=True, cycle="raise", dtype=[types.UINT8, types.INT32]
+        )
+    return fn.readers.file(
         files=files,
         labels=list(range(len(files))),
         random_shuffle=False,
@@ -45,6 +67,13 @@ def _image_pipeline(files, crop_boxes, sizes, augment, shuffle, reader_seed, sha
         pad_last_batch=True,
         name=_READER,
     )
+
+
+@pipeline_def
+def _image_pipeline(
+    files, crop_boxes, sizes, augment, shuffle, reader_seed, shard_id, num_shards, decode_device, sampled
+):
+    encoded, index = _read_files(files, shuffle, reader_seed, shard_id, num_shards, sampled)
     if crop_boxes is not None:
         left, top = _lookup(index, crop_boxes[:, 0]), _lookup(index, crop_boxes[:, 1])
         width = _lookup(index, crop_boxes[:, 2] - crop_boxes[:, 0])
@@ -102,7 +131,9 @@ def scan_images(dataset, num_threads=2):
 
 class DaliLoader:
     """Batches from a DALI pipeline. device: "gpu" (mixed decode, outputs on the current CUDA device), "cpu"
-    (CPU-only pipeline, device_id=None), or None = "gpu" when CUDA is available."""
+    (CPU-only pipeline, device_id=None), or None = "gpu" when CUDA is available. With `contrast` (a
+    batch_order.ContrastGroups) the batches are composed in Python, as the torch loader's, and fed to the
+    pipeline instead of DALI's file reader."""
 
     backend = "dali"
 
@@ -123,6 +154,7 @@ class DaliLoader:
         num_threads=2,
         device=None,
         skip_bad=False,
+        contrast=None,
     ):
         check_loader_options(batch_size, sizes, last_batch)
         if device is None:
@@ -151,8 +183,14 @@ class DaliLoader:
         self.device = device
         self._text_generator = torch.Generator().manual_seed(seed)
         self._epoch, self._position, self._skip = 0, 0, 0
-        pipeline = _image_pipeline(
-            files=[str(path) for path in dataset.image_paths],
+        files = [str(path) for path in dataset.image_paths]
+        self._sampler = None
+        if contrast is not None:
+            self._sampler = EpochBatches(
+                len(dataset), batch_size, shuffle, seed, self.shard, last_batch == "drop", contrast=contrast
+            )
+        self._pipeline = _image_pipeline(
+            files=files,
             crop_boxes=dataset.crop_boxes,
             sizes=self.sizes,
             augment=augment,
@@ -161,42 +199,53 @@ class DaliLoader:
             shard_id=shard_id,
             num_shards=num_shards,
             decode_device="mixed" if device == "gpu" else "cpu",
+            sampled=None if self._sampler is None else _SampledFiles(files, self._sampler),
             batch_size=batch_size,
             num_threads=num_threads,
             device_id=torch.cuda.current_device() if device == "gpu" else None,
             seed=seed,
         )
-        self._iterator = DALIGenericIterator(
-            pipeline,
-            ["index", *(f"image{size}" for size in self.sizes)],
-            reader_name=_READER,
-            last_batch_policy=_POLICIES[last_batch],
-            auto_reset=False,
-        )
+        self._iterator = None  # built on the first epoch: it starts reading ahead at once
 
     def state_dict(self):
         """Where the loader is: epoch, batches consumed in it, and the caption sampler's generator."""
         return {"epoch": self._epoch, "batch": self._position, "text_rng": self._text_generator.get_state()}
 
     def load_state_dict(self, state):
-        """Continue from `state`. DALI's reader cannot jump to an epoch: a fresh pipeline replays its first
-        epoch's order, so the resumed run skips `batch` batches of that order (the exact continuation of an
-        interrupted run is the torch loader's guarantee, not DALI's)."""
-        if state["epoch"] > 0:
-            warnings.warn(
-                f"the DALI loader resumes epoch {state['epoch']} in its first epoch's order (use the torch loader "
-                "for an exact continuation)",
-                stacklevel=2,
-            )
-        self._epoch, self._skip = state["epoch"], state["batch"]
+        """Continue from `state`. With batches composed in Python the continuation is exact. DALI's reader
+        cannot jump to an epoch: a fresh pipeline replays its first epoch's order, so the resumed run skips
+        `batch` batches of that order (there the exact continuation is the torch loader's guarantee)."""
+        if self._iterator is not None:
+            raise RuntimeError("load_state_dict must be called before the loader's first epoch")
+        if self._sampler is not None:
+            self._sampler.epoch, self._sampler.start = state["epoch"], state["batch"]
+            self._epoch, self._position = state["epoch"], state["batch"]
+        else:
+            if state["epoch"] > 0:
+                warnings.warn(
+                    f"the DALI loader resumes epoch {state['epoch']} in its first epoch's order (use the torch "
+                    "loader for an exact continuation)",
+                    stacklevel=2,
+                )
+            self._epoch, self._skip = state["epoch"], state["batch"]
         self._text_generator.set_state(state["text_rng"])
 
     def __len__(self):
         size = self.shard[1] - self.shard[0]
         return size // self.batch_size if self.last_batch == "drop" else -(-size // self.batch_size)
 
+    def _start(self):
+        names = ["index", *(f"image{size}" for size in self.sizes)]
+        if self._sampler is not None:  # the sampler ends each epoch itself (StopIteration), full batches only
+            return DALIGenericIterator(self._pipeline, names, auto_reset=False)
+        return DALIGenericIterator(
+            self._pipeline, names, reader_name=_READER, last_batch_policy=_POLICIES[self.last_batch], auto_reset=False
+        )
+
     def __iter__(self):
         """One epoch (an epoch left unfinished is resumed by the next iteration: DALI cannot reset mid-epoch)."""
+        if self._iterator is None:
+            self._iterator = self._start()
         while True:
             try:
                 outputs = next(self._iterator)[0]

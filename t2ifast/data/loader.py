@@ -7,7 +7,9 @@ torch loader otherwise. Both loaders:
 - end an epoch by an explicit `last_batch` policy: "partial" (the last batch is smaller, nothing repeated) or
   "drop" (the incomplete last batch is left out; use it for DistributedDataParallel, where every rank must run
   the same number of steps). Nothing is ever padded by repeating samples;
-- return `Batch` objects whose text side comes from `TextImageDataset.text_batch` on the Python side.
+- return `Batch` objects whose text side comes from `TextImageDataset.text_batch` on the Python side;
+- with `contrast` (a `batch_order.ContrastGroups`), fill part of each batch with groups of samples that differ
+  in one attribute only.
 """
 
 import warnings
@@ -16,6 +18,7 @@ from dataclasses import dataclass, fields
 import numpy as np
 import torch
 
+from t2ifast.data.batch_order import EpochBatches
 from t2ifast.data.errors import DataError, SkipReport
 from t2ifast.data.images import load_image, transform
 
@@ -98,30 +101,6 @@ def _collate(samples):
     return samples  # images are stacked in the main process, after bad samples are taken out
 
 
-class _EpochBatches:
-    """The batch sampler: this epoch's batches of (sample index, augmentation seed) for this shard."""
-
-    def __init__(self, num_samples, batch_size, shuffle, seed, shard, drop_last):
-        self.num_samples, self.batch_size, self.shuffle, self.seed = num_samples, batch_size, shuffle, seed
-        self.shard, self.drop_last = shard, drop_last
-        self.epoch = 0
-        self.start = 0  # batches of this epoch already consumed (a resumed run starts mid-epoch)
-
-    def __len__(self):
-        size = self.shard[1] - self.shard[0]
-        return size // self.batch_size if self.drop_last else -(-size // self.batch_size)
-
-    def __iter__(self):
-        order = np.arange(self.num_samples)
-        if self.shuffle:
-            order = np.random.default_rng([self.seed, self.epoch]).permutation(self.num_samples)
-        mine = order[self.shard[0] : self.shard[1]]
-        first, self.start = self.start * self.batch_size, 0
-        for start in range(first, len(self) * self.batch_size, self.batch_size):
-            # each sample's crop and flip come from its own generator: (seed, epoch, index)
-            yield [(int(i), (self.seed, self.epoch, int(i))) for i in mine[start : start + self.batch_size]]
-
-
 class TorchLoader:
     """The fallback loader: Pillow decoding in torch.utils.data worker processes."""
 
@@ -143,6 +122,7 @@ class TorchLoader:
         last_batch="partial",
         num_workers=2,
         skip_bad=False,
+        contrast=None,
     ):
         check_loader_options(batch_size, sizes, last_batch)
         self.dataset, self.batch_size = dataset, batch_size
@@ -152,7 +132,9 @@ class TorchLoader:
         self.skip_bad = skip_bad
         self.skipped = SkipReport()
         self._images = _DecodedImages(dataset, self.sizes, augment, skip_bad)
-        self._sampler = _EpochBatches(len(dataset), batch_size, shuffle, seed, self.shard, last_batch == "drop")
+        self._sampler = EpochBatches(
+            len(dataset), batch_size, shuffle, seed, self.shard, last_batch == "drop", contrast=contrast
+        )
         self._num_workers = num_workers
         self._loader = None
         self._text_generator = torch.Generator().manual_seed(seed)
@@ -216,7 +198,7 @@ def dali_available():
 def make_loader(dataset, batch_size, backend="auto", **options):
     """A loader of `Batch`es over a TextImageDataset: DALI ("dali"), torch.utils.data ("torch"), or DALI when it
     is installed and torch otherwise ("auto"). Options: sizes, augment, shuffle, seed, max_words, caption_mode,
-    shard_id, num_shards, last_batch, skip_bad; for torch num_workers; for DALI num_threads and device."""
+    shard_id, num_shards, last_batch, skip_bad, contrast; for torch num_workers; for DALI num_threads and device."""
     if backend not in BACKENDS:
         raise ValueError(f"backend must be one of {BACKENDS}, got {backend!r}")
     if backend == "auto":

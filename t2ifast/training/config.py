@@ -13,6 +13,8 @@ from pathlib import Path
 
 import yaml
 
+from t2ifast.data.synthetic import ATTRIBUTES
+
 MODELS = ("gan-int-cls", "gan-cls", "gan-int", "gan", "stackgan", "attngan", "damsm")
 GAN_INT_CLS_FAMILY = ("gan-int-cls", "gan-cls", "gan-int", "gan")
 TEXT_SOURCES = ("damsm", "precomputed", "minilm")
@@ -61,6 +63,12 @@ class TextConfig:
     # a position embedding on its regions. Off (AttnGAN's layout), the 600-step DAMSM told a caption's position
     # apart at chance (13%, chance 11%); on, 97% by the sentence score (docs/training-quality.md). About 4% of a step
     image_encoder_positional: bool = True
+    # synthetic set only: fill part of each pretraining batch with groups of images that differ in this attribute
+    # alone (data.batch_order.ContrastGroups). "shape" took the DAMSM's shape from 44% to 82% at 2,100 steps, but
+    # only pays after about 1,500 steps, so the 600-step default leaves it off (docs/training-quality.md)
+    pretrain_contrast: str | None = None
+    pretrain_contrast_fraction: float = 0.5  # the part of each batch in groups
+    pretrain_contrast_group: int = 6  # images per group (at most one per value of the attribute)
     inception_weights: str | None = None  # Inception-v3 weights file for the DAMSM image encoder
     gamma1: float = 4.0
     gamma2: float = 5.0
@@ -307,6 +315,18 @@ def validate(config):
         raise ConfigError(f"text.embedding_dim must be even (two LSTM directions), got {text.embedding_dim}")
     _at_least("text.pretrain_steps", text.pretrain_steps, 0)
     _at_least("text.average_captions", text.average_captions, 1)
+    if text.pretrain_contrast is not None:
+        _choice("text.pretrain_contrast", text.pretrain_contrast, tuple(ATTRIBUTES))
+        if data.path != "synthetic":
+            raise ConfigError(
+                f"text.pretrain_contrast={text.pretrain_contrast!r} needs every image's attributes, which only the "
+                f"synthetic set has (data.path={data.path!r}); set text.pretrain_contrast=null"
+            )
+        if not 0 < text.pretrain_contrast_fraction <= 1:
+            raise ConfigError(
+                f"text.pretrain_contrast_fraction must be in (0, 1], got {text.pretrain_contrast_fraction!r}"
+            )
+        _at_least("text.pretrain_contrast_group", text.pretrain_contrast_group, 2)
     for key in ("pretrain_lr", "gamma1", "gamma2", "gamma3"):
         if getattr(text, key) <= 0:
             raise ConfigError(f"text.{key} must be positive, got {getattr(text, key)!r}")
