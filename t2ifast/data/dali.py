@@ -212,7 +212,8 @@ class DaliLoader:
         return {"epoch": self._epoch, "batch": self._position, "text_rng": self._text_generator.get_state()}
 
     def load_state_dict(self, state):
-        """Continue from `state`. With batches composed in Python the continuation is exact. DALI's reader
+        """Continue from `state`. With batches composed in Python the resumed run continues with the batches an
+        uninterrupted one would have had (DALI's random crops and flips restart from its seed). DALI's reader
         cannot jump to an epoch: a fresh pipeline replays its first epoch's order, so the resumed run skips
         `batch` batches of that order (there the exact continuation is the torch loader's guarantee)."""
         if self._iterator is not None:
