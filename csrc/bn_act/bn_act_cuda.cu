@@ -224,6 +224,41 @@ affine_act_kernel(const scalar_t* __restrict__ y, const acc_t* __restrict__ scal
   }
 }
 
+// The block's sums of dL/dz and dL/dz * (y - center) over elements begin, begin + 1, ... < end of channel c (a) and,
+// for GLU, of its pair c + C_out (b); valid in thread 0, as block_sum's.
+template <typename acc_t>
+struct GradSums {
+  acc_t dz_a, dzy_a, dz_b, dzy_b;
+};
+
+template <typename scalar_t, typename acc_t, typename index_t>
+__device__ GradSums<acc_t> block_grad_sums(const scalar_t* __restrict__ grad_out, const scalar_t* __restrict__ y,
+                                           index_t c, index_t C, index_t C_out, index_t L, index_t begin, index_t end,
+                                           const ChannelAffine<acc_t>& a, const ChannelAffine<acc_t>& b,
+                                           Activation act, acc_t slope) {
+  const bool glu = act == Activation::Glu;
+  GradSums<acc_t> sums{0, 0, 0, 0};
+  for (index_t j = begin + threadIdx.x; j < end; j += kThreads) {
+    const acc_t g = static_cast<acc_t>(grad_out[channel_offset(j, c, C_out, L)]);
+    const index_t a_offset = channel_offset(j, c, C, L);
+    const acc_t ya = static_cast<acc_t>(y[a_offset]);
+    const acc_t yb = glu ? static_cast<acc_t>(y[a_offset + C_out * L]) : acc_t(0);
+    acc_t ga, gb;
+    recomputed_dz(g, ya, yb, a, b, act, slope, ga, gb);
+    sums.dz_a += ga;
+    sums.dzy_a += ga * (ya - a.center);
+    sums.dz_b += gb;
+    sums.dzy_b += gb * (yb - b.center);
+  }
+  sums.dz_a = block_sum(sums.dz_a);
+  sums.dzy_a = block_sum(sums.dzy_a);
+  if (glu) {
+    sums.dz_b = block_sum(sums.dz_b);
+    sums.dzy_b = block_sum(sums.dzy_b);
+  }
+  return sums;
+}
+
 // grid (C_out, slices): partial[c, s] = (sum dL/dz, sum dL/dz * (y - center)); GLU blocks also do c + C_out.
 template <typename scalar_t, typename acc_t, typename index_t>
 __global__ void __launch_bounds__(kThreads)
@@ -239,33 +274,15 @@ backward_sums_kernel(const scalar_t* __restrict__ grad_out, const scalar_t* __re
   const bool glu = act == Activation::Glu;
   const ChannelAffine<acc_t> a{center[c], scale[c], shift[c]};
   const ChannelAffine<acc_t> b = glu ? ChannelAffine<acc_t>{center[cb], scale[cb], shift[cb]} : a;
-  acc_t dz_a = 0, dzy_a = 0, dz_b = 0, dzy_b = 0;
-  for (index_t j = begin + threadIdx.x; j < end; j += kThreads) {
-    const acc_t g = static_cast<acc_t>(grad_out[channel_offset(j, c, C_out, L)]);
-    const index_t a_offset = channel_offset(j, c, C, L);
-    const acc_t ya = static_cast<acc_t>(y[a_offset]);
-    const acc_t yb = glu ? static_cast<acc_t>(y[a_offset + C_out * L]) : acc_t(0);
-    acc_t ga, gb;
-    recomputed_dz(g, ya, yb, a, b, act, slope, ga, gb);
-    dz_a += ga;
-    dzy_a += ga * (ya - a.center);
-    dz_b += gb;
-    dzy_b += gb * (yb - b.center);
-  }
-  dz_a = block_sum(dz_a);
-  dzy_a = block_sum(dzy_a);
-  if (glu) {
-    dz_b = block_sum(dz_b);
-    dzy_b = block_sum(dzy_b);
-  }
+  const GradSums<acc_t> sums = block_grad_sums(grad_out, y, c, C, C_out, L, begin, end, a, b, act, slope);
   if (threadIdx.x == 0) {
     acc_t* out = partial + (static_cast<int64_t>(c) * gridDim.y + s) * 2;
-    out[0] = dz_a;
-    out[1] = dzy_a;
+    out[0] = sums.dz_a;
+    out[1] = sums.dzy_a;
     if (glu) {
       acc_t* out_b = partial + (static_cast<int64_t>(cb) * gridDim.y + s) * 2;
-      out_b[0] = dz_b;
-      out_b[1] = dzy_b;
+      out_b[0] = sums.dz_b;
+      out_b[1] = sums.dzy_b;
     }
   }
 }
@@ -393,33 +410,18 @@ single_block_backward_kernel(const scalar_t* __restrict__ grad_out, const scalar
   const index_t cb = glu ? c + C_out : c;
   const ChannelAffine<acc_t> a{mean[c], static_cast<acc_t>(gamma[c]) * invstd[c], static_cast<acc_t>(beta[c])};
   const ChannelAffine<acc_t> b{mean[cb], static_cast<acc_t>(gamma[cb]) * invstd[cb], static_cast<acc_t>(beta[cb])};
-  acc_t dz_a = 0, dzy_a = 0, dz_b = 0, dzy_b = 0;
-  for (index_t j = threadIdx.x; j < M; j += kThreads) {
-    const index_t a_offset = channel_offset(j, c, C, L);
-    const acc_t ya = static_cast<acc_t>(y[a_offset]);
-    const acc_t yb = glu ? static_cast<acc_t>(y[a_offset + C_out * L]) : acc_t(0);
-    acc_t ga, gb;
-    recomputed_dz(static_cast<acc_t>(grad_out[channel_offset(j, c, C_out, L)]), ya, yb, a, b, act, slope, ga, gb);
-    dz_a += ga;
-    dzy_a += ga * (ya - a.center);
-    dz_b += gb;
-    dzy_b += gb * (yb - b.center);
-  }
-  dz_a = block_sum(dz_a);
-  dzy_a = block_sum(dzy_a);
-  if (glu) {
-    dz_b = block_sum(dz_b);
-    dzy_b = block_sum(dzy_b);
-  }
+  const GradSums<acc_t> sums = block_grad_sums(grad_out, y, c, C, C_out, L, index_t(0), M, a, b, act, slope);
   if (threadIdx.x == 0) {
     const acc_t inv_count = acc_t(1) / static_cast<acc_t>(M);
-    grad_weight[c] = static_cast<scalar_t>(dzy_a * invstd[c]);
-    grad_bias[c] = static_cast<scalar_t>(dz_a);
-    batch_norm_grad_coefficients(a.scale, invstd[c], dz_a, dzy_a, inv_count, coefficients[0], coefficients[1]);
+    grad_weight[c] = static_cast<scalar_t>(sums.dzy_a * invstd[c]);
+    grad_bias[c] = static_cast<scalar_t>(sums.dz_a);
+    batch_norm_grad_coefficients(a.scale, invstd[c], sums.dz_a, sums.dzy_a, inv_count, coefficients[0],
+                                 coefficients[1]);
     if (glu) {
-      grad_weight[cb] = static_cast<scalar_t>(dzy_b * invstd[cb]);
-      grad_bias[cb] = static_cast<scalar_t>(dz_b);
-      batch_norm_grad_coefficients(b.scale, invstd[cb], dz_b, dzy_b, inv_count, coefficients[2], coefficients[3]);
+      grad_weight[cb] = static_cast<scalar_t>(sums.dzy_b * invstd[cb]);
+      grad_bias[cb] = static_cast<scalar_t>(sums.dz_b);
+      batch_norm_grad_coefficients(b.scale, invstd[cb], sums.dz_b, sums.dzy_b, inv_count, coefficients[2],
+                                   coefficients[3]);
     }
   }
   __syncthreads();
