@@ -67,10 +67,10 @@ def main(argv=None):
         help="synthetic set: which attributes the run's DAMSM tells apart on this many real held-out images (300)",
     )  # fmt: skip
     args = parser.parse_args(argv)
-    if args.damsm_attributes is not None and args.damsm_attributes < 1:
-        parser.error("--damsm-attributes must be at least 1")
-    if args.max_samples < 1:
-        parser.error("--max-samples must be at least 1")
+    if args.damsm_attributes is not None and args.damsm_attributes < 2:
+        parser.error("--damsm-attributes must be at least 2")
+    if args.max_samples < 2:
+        parser.error("--max-samples must be at least 2")
     for name in ("r_images", "r_splits", "r_k"):
         if getattr(args, name) < 1:
             parser.error(f"--{name.replace('_', '-')} must be at least 1")

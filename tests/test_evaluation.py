@@ -202,8 +202,9 @@ def test_caption_accuracy_checks_the_generator_output(trained, held_out):
     dataset, attributes = held_out
     with pytest.raises(ValueError, match="generate"):
         caption_accuracy(lambda batch: torch.zeros(1, 3, 64, 64), dataset, attributes, classifier)
-    with pytest.raises(ValueError, match="max_samples"):
-        caption_accuracy(lambda batch: batch.images[64], dataset, attributes, classifier, max_samples=0)
+    for too_few in (0, 1):  # one sample has no other sample to take a wrong caption from
+        with pytest.raises(ValueError, match="max_samples must be at least 2"):
+            caption_accuracy(lambda batch: batch.images[64], dataset, attributes, classifier, max_samples=too_few)
     with pytest.raises(KeyError, match=r"attributes\.json"):
         caption_accuracy(lambda batch: batch.images[64], dataset, {}, classifier)
 

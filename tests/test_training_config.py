@@ -42,6 +42,7 @@ def test_file_then_overrides(tmp_path):
         ("train.compile=maybe", r"train.compile must be true or false, got 'maybe'"),
         ("gan.damsm_weight=-1", r"gan.damsm_weight must be at least 0.0, got -1.0"),
         ("nonsense", r"an override must look like section.key=value"),
+        ("eval.max_samples=1", r"eval.max_samples must be at least 2, got 1"),
         ("text.pretrain_contrast=texture", r"text.pretrain_contrast must be one of shape, colour, .*got 'texture'"),
     ],
 )

@@ -51,10 +51,11 @@ class CaptionAccuracy:
 def subset_of(dataset, max_samples, seed):
     """A seeded random subset of max_samples samples in dataset order (the dataset is sorted by class, so its
     first samples would all be of a few classes)."""
+    if max_samples is not None and max_samples < 2:
+        # the loader draws each batch's wrong captions from another sample
+        raise ValueError(f"max_samples must be at least 2, got {max_samples}")
     if max_samples is None or max_samples >= len(dataset):
         return dataset
-    if max_samples < 1:
-        raise ValueError(f"max_samples must be positive, got {max_samples}")
     chosen = np.random.default_rng([seed, len(dataset)]).choice(len(dataset), size=max_samples, replace=False)
     return dataset.subset(sorted(chosen.tolist()))
 

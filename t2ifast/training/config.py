@@ -370,7 +370,7 @@ def validate(config):
     _choice("train.device", train.device, DEVICES)
     for key in ("log_every", "checkpoint_every", "sample_every", "keep_checkpoints"):
         _at_least(f"train.{key}", getattr(train, key), 1)
-    _at_least("eval.max_samples", config.eval.max_samples, 1)
+    _at_least("eval.max_samples", config.eval.max_samples, 2)
     _at_least("eval.classifier_steps", config.eval.classifier_steps, 1)
     _at_least("eval.r_precision_images", config.eval.r_precision_images, 0)
     _at_least("eval.r_precision_splits", config.eval.r_precision_splits, 1)
