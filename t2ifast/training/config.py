@@ -64,8 +64,9 @@ class TextConfig:
     # apart at chance (13%, chance 11%); on, 97% by the sentence score (docs/training-quality.md). About 4% of a step
     image_encoder_positional: bool = True
     # synthetic set only: fill part of each pretraining batch with groups of images that differ in this attribute
-    # alone (data.batch_order.ContrastGroups). "shape" took the DAMSM's shape from 44% to 82% at 2,100 steps, but
-    # only pays after about 1,500 steps, so the 600-step default leaves it off (docs/training-quality.md)
+    # alone (data.batch_order.ContrastGroups). "shape" took the DAMSM's shape from 44% to 88% at 2,100 steps and
+    # 100% at 4,200, but only pays after about 1,500 steps, so the 600-step default leaves it off
+    # (docs/training-quality.md)
     pretrain_contrast: str | None = None
     pretrain_contrast_fraction: float = 0.5  # the part of each batch in groups
     pretrain_contrast_group: int = 6  # images per group (at most one per value of the attribute)
