@@ -33,10 +33,7 @@ from t2ifast.models.attngan import AttnGANDiscriminators, AttnGANGenerator, pad_
 from t2ifast.models.conditioning_augmentation import kl_loss
 from t2ifast.ops import generator_loss, matching_aware_loss
 from t2ifast.training.damsm_guidance import DAMSMGuidance
-from t2ifast.training.ema import GeneratorEMA
-from t2ifast.training.gan_int_cls import PairScorer
 from t2ifast.training.gan_task import GANTask, frozen, pair_loss, update
-from t2ifast.training.runtime import distributed
 
 
 def build_attngan_generator(config, word_dim):
@@ -98,7 +95,7 @@ class AttnGANTask(GANTask):
 
     def __init__(self, config, text_encoder, image_encoder, runtime, *, preview_batch=None, preview_captions=()):
         self.config, self.runtime = config, runtime
-        gan, train = config.gan, config.train
+        gan = config.gan
         device = runtime.device
         self.text_encoder = _freeze(text_encoder, device)
         self.damsm = DAMSMGuidance(image_encoder, config.text, runtime)
@@ -113,17 +110,10 @@ class AttnGANTask(GANTask):
         self.discriminators = AttnGANDiscriminators(word_dim, gan.projection_dim, gan.ndf, config.attngan.stages)
         self.discriminators.to(device)
         self.sizes = self.discriminators.image_sizes
-        self.ema = GeneratorEMA(self.generator, gan.ema_decay)
-        betas = tuple(train.betas)
-        self.g_optimizer = runtime.adam(self.generator.parameters(), train.lr_g, betas)
         # one optimizer per stage's D, as AttnGAN's optimizersD
-        self.d_optimizers = [runtime.adam(d.parameters(), train.lr_d, betas) for d in self.discriminators]
-        self._generate = distributed(self.generator, runtime)
-        self._score_pairs = [distributed(PairScorer(d), runtime) for d in self.discriminators]
-        if train.compile:
-            self._generate = torch.compile(self._generate)
-            self._score_pairs = [torch.compile(scorer) for scorer in self._score_pairs]
-        self._init_preview(preview_batch, preview_captions, gan.z_dim, device)
+        self.d_optimizers, self._score_pairs = self._init_training(
+            list(self.discriminators), preview_batch, preview_captions
+        )
 
     @torch.no_grad()
     def text_features(self, batch):

@@ -15,13 +15,11 @@ An exponential moving average of G's weights is kept and used for every sample.
 import copy
 
 import torch
-from torch import nn
 
 from t2ifast.models.matching_aware_discriminator import MatchingAwareDiscriminator
 from t2ifast.models.text_conditioned_generator import StyleEncoder, TextConditionedGenerator
 from t2ifast.ops import generator_loss
 from t2ifast.training.damsm_guidance import DAMSMGuidance
-from t2ifast.training.ema import GeneratorEMA
 from t2ifast.training.gan_task import GANTask, frozen, pair_loss, update
 from t2ifast.training.runtime import distributed
 
@@ -31,17 +29,6 @@ VARIANTS = {  # model name -> (matching-aware pairs, interpolated text)
     "gan-int": (False, True),
     "gan-int-cls": (True, True),
 }
-
-
-class PairScorer(nn.Module):
-    """score_pairs as a forward, so that DistributedDataParallel sees the discriminator step."""
-
-    def __init__(self, discriminator):
-        super().__init__()
-        self.discriminator = discriminator
-
-    def forward(self, real, fake, right, wrong):
-        return self.discriminator.score_pairs(real, fake, right, wrong)
 
 
 def wrong_embeddings(embed, batch, right, wrong_pairs):
@@ -76,19 +63,13 @@ class GANINTCLSTask(GANTask):
                 )
             self.damsm = DAMSMGuidance(image_encoder, config.text, runtime)
         self.matching_aware, self.interpolate = VARIANTS[config.model]
-        gan, train = config.gan, config.train
+        gan = config.gan
         device = runtime.device
         self.generator = build_generator(config, embed.embedding_dim).to(device)
         self.discriminator = MatchingAwareDiscriminator(embed.embedding_dim, gan.projection_dim, gan.ndf).to(device)
-        self.ema = GeneratorEMA(self.generator, gan.ema_decay)
-        self.g_optimizer = runtime.adam(self.generator.parameters(), train.lr_g, tuple(train.betas))
-        self.d_optimizer = runtime.adam(self.discriminator.parameters(), train.lr_d, tuple(train.betas))
-        self._generate = distributed(self.generator, runtime)
-        self._score_pairs = distributed(PairScorer(self.discriminator), runtime)
-        if train.compile:
-            self._generate = torch.compile(self._generate)
-            self._score_pairs = torch.compile(self._score_pairs)
-        self._init_preview(preview_batch, preview_captions, gan.z_dim, device)
+        (self.d_optimizer,), (self._score_pairs,) = self._init_training(
+            [self.discriminator], preview_batch, preview_captions
+        )
 
     def texts(self, batch, sentence=None):
         """(right, wrong or None) sentence embeddings of a batch; `sentence`: the DAMSM's sentence features of its

@@ -18,10 +18,8 @@ from t2ifast.models.matching_aware_discriminator import MatchingAwareDiscriminat
 from t2ifast.models.stackgan import StackGAN, StackGANStage1Generator, StackGANStage2Generator
 from t2ifast.ops import generator_loss
 from t2ifast.training.config import has_stage2
-from t2ifast.training.ema import GeneratorEMA
-from t2ifast.training.gan_int_cls import PairScorer, wrong_embeddings
+from t2ifast.training.gan_int_cls import wrong_embeddings
 from t2ifast.training.gan_task import GANTask, frozen, pair_loss, update
-from t2ifast.training.runtime import distributed
 
 IMAGE_SIZES = {1: 64, 2: 256}
 
@@ -73,7 +71,7 @@ class StackGANTask(GANTask):
         self.config, self.embed, self.runtime, self.stage = config, embed, runtime, stage
         self.name = f"stackgan-stage{stage}"
         self.image_size = IMAGE_SIZES[stage]
-        gan, train = config.gan, config.train
+        gan = config.gan
         device = runtime.device
         build = build_stage1_generator if stage == 1 else build_stage2_generator
         self.generator = build(config, embed.embedding_dim).to(device)
@@ -84,15 +82,9 @@ class StackGANTask(GANTask):
         self.discriminator = MatchingAwareDiscriminator(
             config.stackgan.condition_dim, gan.projection_dim, gan.ndf, image_size=self.image_size
         ).to(device)
-        self.ema = GeneratorEMA(self.generator, gan.ema_decay)
-        self.g_optimizer = runtime.adam(self.generator.parameters(), train.lr_g, tuple(train.betas))
-        self.d_optimizer = runtime.adam(self.discriminator.parameters(), train.lr_d, tuple(train.betas))
-        self._generate = distributed(self.generator, runtime)
-        self._score_pairs = distributed(PairScorer(self.discriminator), runtime)
-        if train.compile:
-            self._generate = torch.compile(self._generate)
-            self._score_pairs = torch.compile(self._score_pairs)
-        self._init_preview(preview_batch, preview_captions, gan.z_dim, device)
+        (self.d_optimizer,), (self._score_pairs,) = self._init_training(
+            [self.discriminator], preview_batch, preview_captions
+        )
 
     def _stage1_images(self, z, embedding):
         with torch.no_grad():
