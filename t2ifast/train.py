@@ -272,14 +272,16 @@ def damsm_encoders(config, folder, dataset, runtime, out):
     if source is None:
         cache = damsm_cache_folder(config, folder)
         source = cache / artifacts.TEXT_ENCODER
-        if not source.is_file() or not (cache / artifacts.IMAGE_ENCODER).is_file():
-            cache_config = load_config(overrides=[f"train.out={cache}"])
-            cache_config.text, cache_config.data, cache_config.train.seed = text, config.data, config.train.seed
-            cache_config.train.device, cache_config.train.amp = config.train.device, config.train.amp
-            damsm = pretrain_damsm(cache_config, folder, dataset, runtime, cache, resume=True)
-            if runtime.is_main:
-                artifacts.save_damsm_encoders(damsm, cache)
-            runtime.barrier()
+        waiting = f"waiting for another job that is pretraining the same DAMSM into {cache}"
+        with runtime.exclusive(cache.with_name(cache.name + ".lock"), waiting):
+            if not source.is_file() or not (cache / artifacts.IMAGE_ENCODER).is_file():
+                cache_config = load_config(overrides=[f"train.out={cache}"])
+                cache_config.text, cache_config.data, cache_config.train.seed = text, config.data, config.train.seed
+                cache_config.train.device, cache_config.train.amp = config.train.device, config.train.amp
+                damsm = pretrain_damsm(cache_config, folder, dataset, runtime, cache, resume=True)
+                if runtime.is_main:
+                    artifacts.save_damsm_encoders(damsm, cache)
+                runtime.barrier()
     artifacts.load_weights(text_encoder, source)
     image_encoder = None
     if source.with_name(artifacts.IMAGE_ENCODER).is_file():

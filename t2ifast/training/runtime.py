@@ -6,9 +6,11 @@ and trains on its shard of the data. Rank 0 alone writes checkpoints, logs and p
 """
 
 import contextlib
+import fcntl
 import os
 import random
 from dataclasses import dataclass
+from pathlib import Path
 
 import numpy as np
 import torch
@@ -45,6 +47,31 @@ class Runtime:
     def barrier(self):
         if self.distributed:
             dist.barrier()
+
+    @contextlib.contextmanager
+    def exclusive(self, lock_path, waiting_message):
+        """Hold an exclusive lock on the file lock_path against every other job on this machine: two runs
+        started at once that would fill the same cache (pretrain the same DAMSM) take turns, and the second
+        finds the first's result instead of repeating it into the same folder. The main rank alone locks
+        (waiting_message is printed if another job holds the lock); the other ranks of this job wait at a
+        barrier until it holds the lock, so that all of them then see the same cache."""
+        if not self.is_main:
+            self.barrier()
+            yield
+            return
+        lock_path = Path(lock_path)
+        lock_path.parent.mkdir(parents=True, exist_ok=True)
+        with open(lock_path, "a") as handle:
+            try:
+                fcntl.flock(handle, fcntl.LOCK_EX | fcntl.LOCK_NB)
+            except BlockingIOError:
+                print(waiting_message, flush=True)
+                fcntl.flock(handle, fcntl.LOCK_EX)
+            try:
+                self.barrier()
+                yield
+            finally:
+                fcntl.flock(handle, fcntl.LOCK_UN)
 
 
 def start_runtime(device="auto", amp="none"):
