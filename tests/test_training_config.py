@@ -44,6 +44,19 @@ def test_file_then_overrides(tmp_path):
         ("nonsense", r"an override must look like section.key=value"),
         ("eval.max_samples=1", r"eval.max_samples must be at least 2, got 1"),
         ("text.pretrain_contrast=texture", r"text.pretrain_contrast must be one of shape, colour, .*got 'texture'"),
+        # YAML's true is the integer 1 to Python; nan and inf pass every "positive" check
+        ("train.steps=true", r"train.steps must be an integer, got True"),
+        ("gan.ngf=true", r"gan.ngf must be an integer, got True"),
+        ("train.steps=1e30", r"train.steps must be an integer, got '1e30'"),
+        ("train.lr_g=nan", r"train.lr_g must be a finite number, got 'nan'"),
+        ("train.lr_d=.inf", r"train.lr_d must be a finite number, got inf"),
+        ("train.betas=0.5", r"train.betas must be a list of numbers, got 0.5"),
+        ("train.betas=[0.5, true]", r"train.betas must be a list of numbers, got \[0.5, True\]"),
+        ("eval.caption_accuracy=2", r"eval.caption_accuracy must be true or false, got 2"),
+        ("data.path=", r"data.path must be a string, got an empty value"),
+        ("train.device=[cpu]", r"train.device must be a string, got \['cpu'\]"),
+        ("model.x=1", r"model is a single value, not a section: got keys \['x'\]"),
+        ("gan.ngf=[1,", r"gan.ngf: the value '\[1,' is not valid YAML"),
     ],
 )
 def test_bad_values_name_their_key(override, message):
@@ -68,6 +81,22 @@ def test_contrast_groups_need_the_synthetic_set_and_sane_sizes(overrides, messag
 def test_missing_file_is_named(tmp_path):
     with pytest.raises(ConfigError, match=r"config file .*nope.yaml does not exist"):
         load_config(tmp_path / "nope.yaml")
+
+
+def test_a_config_that_is_no_yaml_file_is_named(tmp_path):
+    with pytest.raises(ConfigError, match=r"config file .* is a folder, not a YAML file"):
+        load_config(tmp_path)
+    (tmp_path / "broken.yaml").write_text("train: [1,\n")
+    with pytest.raises(ConfigError, match=r"config file .*broken.yaml is not valid YAML \(while parsing"):
+        load_config(tmp_path / "broken.yaml")
+    (tmp_path / "image.yaml").write_bytes(b"\x89PNG\r\n\x1a\n\x00\xff")
+    with pytest.raises(ConfigError, match=r"config file .*image.yaml is not valid YAML \('utf-8' codec"):
+        load_config(tmp_path / "image.yaml")
+
+
+def test_betas_are_read_from_a_list_or_a_string():
+    assert load_config(overrides=["train.betas=0.0,0.9"]).train.betas == (0.0, 0.9)
+    assert load_config(overrides=["train.betas=(0.5, 0.99)"]).train.betas == (0.5, 0.99)
 
 
 def test_from_dict_rejects_non_mapping_sections():

@@ -1,13 +1,14 @@
 """The training configuration: nested dataclasses, read from YAML files, overridden from the command line,
 checked, and saved resolved beside the run.
 
-    config = load_config("configs/birds.yaml", overrides=["train.batch_size=32", "gan.ngf=128"])
+    config = load_config("configs/gan-int-cls-birds.yaml", overrides=["train.batch_size=32", "gan.ngf=128"])
     config.train.batch_size  # 32
 
 Every value is checked in `validate`, and a bad one raises ConfigError naming its key and what was expected.
 """
 
 import dataclasses
+import math
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -199,32 +200,57 @@ def _build(cls, values, where):
     return built
 
 
-_KINDS = {bool: "true or false", int: "an integer", float: "a number", tuple: "a list of numbers", str: "a string"}
+_KINDS = {
+    bool: "true or false",
+    int: "an integer",
+    float: "a finite number",
+    tuple: "a list of numbers",
+    str: "a string",
+}
 
 
 def _coerce(key, value, default):
     """The value in the type of the default (YAML reads 1e-4 as a string, CLI values arrive as strings)."""
-    if default is None or value is None:
+    if default is None:
         return value
+    if isinstance(value, dict):
+        raise ConfigError(f"{key} is a single value, not a section: got keys {sorted(value)}")
+    if value is None:
+        raise ConfigError(f"{key} must be {_KINDS[type(default)]}, got an empty value")
     try:
         if isinstance(default, bool):
-            if isinstance(value, str):
-                if value.lower() not in ("true", "false", "1", "0", "yes", "no"):
-                    raise ValueError
+            if isinstance(value, str) and value.lower() in ("true", "false", "1", "0", "yes", "no"):
                 return value.lower() in ("true", "1", "yes")
-            return bool(value)
+            if isinstance(value, (bool, int)) and value in (0, 1):
+                return bool(value)
+            raise ValueError
+        if isinstance(default, tuple):
+            if isinstance(value, str):
+                value = yaml.safe_load(f"[{value.strip('[]() ')}]")
+            if not isinstance(value, (list, tuple)):
+                raise ValueError
+            return tuple(_number(v) for v in value)
+        if isinstance(value, (bool, list, tuple)):
+            raise ValueError  # YAML's true would pass for the integer 1, and a list is not a single value
         if isinstance(default, int):
             if isinstance(value, float) and not value.is_integer():
                 raise ValueError
             return int(value)
         if isinstance(default, float):
-            return float(value)
-        if isinstance(default, tuple):
-            value = list(value) if isinstance(value, (list, tuple)) else yaml.safe_load(f"[{value.strip('[]()')}]")
-            return tuple(float(v) for v in value)
+            return _number(value)
         return str(value)
-    except (TypeError, ValueError):
+    except (TypeError, ValueError, OverflowError, yaml.YAMLError):
         raise ConfigError(f"{key} must be {_KINDS[type(default)]}, got {value!r}") from None
+
+
+def _number(value):
+    """A finite float (nan and inf are refused: no learning rate or weight can be either)."""
+    if isinstance(value, bool):
+        raise ValueError
+    value = float(value)
+    if not math.isfinite(value):
+        raise ValueError
+    return value
 
 
 def apply_override(values, assignment):
@@ -238,17 +264,17 @@ def apply_override(values, assignment):
         target = target.setdefault(section, {})
         if not isinstance(target, dict):
             raise ConfigError(f"{path}: {section} is not a section")
-    target[key] = yaml.safe_load(raw) if raw.strip() else None
+    try:
+        target[key] = yaml.safe_load(raw) if raw.strip() else None
+    except yaml.YAMLError:
+        raise ConfigError(f"{path}: the value {raw!r} is not valid YAML") from None
 
 
 def load_config(path=None, overrides=()):
     """The checked Config of a YAML file (or the defaults) with `section.key=value` overrides applied."""
     values = {}
     if path is not None:
-        path = Path(path)
-        if not path.is_file():
-            raise ConfigError(f"config file {path} does not exist")
-        values = yaml.safe_load(path.read_text()) or {}
+        values = _read_yaml(path) or {}
         if not isinstance(values, dict):
             raise ConfigError(f"config file {path} must hold a mapping of sections")
     for assignment in overrides:
@@ -266,9 +292,22 @@ EARLIER_VALUES = {"text.image_encoder_positional": False}
 def load_run_config(path):
     """The Config a run folder's config.yaml describes; a key in EARLIER_VALUES that the file lacks (the run
     predates it) takes its earlier value."""
-    saved = yaml.safe_load(Path(path).read_text()) if Path(path).is_file() else {}
+    saved = _read_yaml(path) if Path(path).is_file() else {}
     missing = [key for key in EARLIER_VALUES if not _holds(saved or {}, key.split("."))]
     return load_config(path, [f"{key}={EARLIER_VALUES[key]}" for key in missing])
+
+
+def _read_yaml(path):
+    path = Path(path)
+    if path.is_dir():
+        raise ConfigError(f"config file {path} is a folder, not a YAML file")
+    if not path.is_file():
+        raise ConfigError(f"config file {path} does not exist")
+    try:
+        return yaml.safe_load(path.read_text())
+    except (yaml.YAMLError, UnicodeDecodeError) as error:
+        first_line = str(error).strip().splitlines()[0]
+        raise ConfigError(f"config file {path} is not valid YAML ({first_line})") from None
 
 
 def _holds(values, keys):
