@@ -67,7 +67,9 @@ FLAGS = {
 
 def parse_args(argv=None):
     parser = argparse.ArgumentParser(prog="python -m t2ifast.train", description=__doc__.split("\n\n")[0])
-    parser.add_argument("--config", help="a YAML config file (sections: data, text, gan, train, eval)")
+    parser.add_argument(
+        "--config", help="a YAML config file (sections: data, text, gan, stackgan, attngan, train, eval)"
+    )
     parser.add_argument("--model", choices=MODELS)
     parser.add_argument("--data", help="'synthetic' or a dataset root (CUB / Oxford-102 / COCO / image folder)")
     parser.add_argument("--out", help="the run folder")
@@ -107,7 +109,10 @@ def main(argv=None):
         config = load_config(args.config, overrides_of(args))
     except ConfigError as error:
         sys.exit(f"t2ifast.train: bad configuration: {error}")
-    runtime = start_runtime(config.train.device, config.train.amp)
+    try:
+        runtime = start_runtime(config.train.device, config.train.amp)
+    except ConfigError as error:
+        sys.exit(f"t2ifast.train: bad configuration: {error}")
     try:
         forced = contextlib.nullcontext() if config.train.backend == "auto" else t2ifast.backend(config.train.backend)
         with forced:
@@ -123,13 +128,14 @@ def main(argv=None):
 def run(config, runtime, *, resume=False):
     """Every phase of a run; each phase is cached or resumable, so running it again continues."""
     out = Path(config.train.out).expanduser()
-    if runtime.is_main:
-        out.mkdir(parents=True, exist_ok=True)
-        save_config(config, out / "config.yaml")
+    check_run_folder(out, resume)
+    check_input_files(config)
     seed_everything(config.train.seed, runtime.rank)
     folder = dataset_folder(config, runtime)
     train_set = open_dataset(folder, "train")
-    if runtime.is_main:
+    if runtime.is_main:  # only once the inputs are known to be there: a refused run writes nothing
+        out.mkdir(parents=True, exist_ok=True)
+        save_config(config, out / "config.yaml")
         artifacts.save_vocabulary(train_set.vocabulary, out / artifacts.VOCABULARY)
     if config.model == "damsm":
         damsm = pretrain_damsm(config, folder, train_set, runtime, out, resume=resume)
@@ -155,6 +161,33 @@ def run(config, runtime, *, resume=False):
         if style is not None:
             artifacts.save_weights(style.encoder, out / artifacts.STYLE_ENCODER)
         finish(config, folder, task, style, embed, runtime, out)
+
+
+def check_run_folder(out, resume):
+    """Refuse a train.out that is a file, or a folder that holds another run's work (checkpoints or final weights)
+    unless that run is being resumed: a new run there would overwrite its config and mix its checkpoints with the
+    old ones, whose higher steps the keep-newest rule would keep instead of the new run's."""
+    if out.exists() and not out.is_dir():
+        raise ConfigError(f"train.out={out} is a file; the run folder must be a folder")
+    if resume:
+        return
+    work = sorted((out / "checkpoints").glob("*/checkpoint-*.pt")) + sorted(out.glob("*.safetensors"))
+    if work:
+        raise ConfigError(
+            f"train.out={out} already holds a run ({work[-1].relative_to(out)}, ...): continue it with --resume, "
+            "or give another --out (or remove the folder)"
+        )
+
+
+def check_input_files(config):
+    """The files the config names exist, checked before anything is written or trained."""
+    for key, value in (
+        ("text.encoder", config.text.encoder),
+        ("text.inception_weights", config.text.inception_weights),
+        ("stackgan.stage1_generator", config.stackgan.stage1_generator),
+    ):
+        if value and not Path(value).expanduser().is_file():
+            raise FileNotFoundError(f"{key}={value}: no such file")
 
 
 def dataset_folder(config, runtime):

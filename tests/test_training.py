@@ -168,6 +168,22 @@ def test_weights_that_do_not_fit_their_module_are_a_clear_error(tmp_path):
     assert loaded.weight.shape == (3, 2)
     with pytest.raises(ValueError, match=r"(?s)generator.safetensors does not fit the Linear .*size mismatch"):
         load_weights(torch.nn.Linear(2, 4), tmp_path / "generator.safetensors")
+    (tmp_path / "garbage.safetensors").write_bytes(b"not a safetensors file at all")
+    with pytest.raises(ValueError, match=r"garbage.safetensors is not a safetensors file"):
+        load_weights(torch.nn.Linear(2, 3), tmp_path / "garbage.safetensors")
+
+
+def test_a_folder_that_is_no_run_is_named(tmp_path):
+    with pytest.raises(FileNotFoundError, match=r"run folder .*nowhere does not exist"):
+        load_run(tmp_path / "nowhere")
+    (tmp_path / "file.png").write_bytes(b"x")
+    with pytest.raises(FileNotFoundError, match=r"file.png is a file; give the run folder"):
+        load_run(tmp_path / "file.png")
+    with pytest.raises(FileNotFoundError, match=r"is not a t2ifast run folder \(no config.yaml\)"):
+        load_run(tmp_path)
+    (tmp_path / "config.yaml").write_text("model: [gan\n")
+    with pytest.raises(ValueError, match=r"config.yaml is not valid YAML"):
+        load_run(tmp_path)
 
 
 def _recording(task):
@@ -432,7 +448,7 @@ def test_sample_and_evaluate_a_multi_stage_run_folder(multi_stage_run, tmp_path)
     assert (tmp_path / "s.png").is_file() and (model != "attngan" or (tmp_path / "attention.png").is_file())
     common = [str(out), "a red circle", "--device", "cpu", "--out", str(tmp_path / "x.png")]
     with pytest.raises(SystemExit, match=rf"--interpolate needs a gan-int-cls-family run .*--model {model}"):
-        sample.main([*common, "--interpolate", "a red circle", "a blue star"])
+        sample.main([common[0], *common[2:], "--interpolate", "a red circle", "a blue star"])  # no captions
     with pytest.raises(SystemExit, match=rf"--style-from needs a run with a style encoder .*--model {model}"):
         sample.main([*common, "--style-from", str(tmp_path / "s.png")])
     if model == "stackgan":
@@ -453,6 +469,46 @@ def test_bad_configuration_is_a_clear_error(tmp_path):
     result = _run([sys.executable, "-m", "t2ifast.train", "--out", str(tmp_path), "--set", "gan.ngf=0"])
     assert result.returncode != 0
     assert "bad configuration: gan.ngf must be at least 1, got 0" in result.stderr
+
+
+def _refused(argv):
+    with pytest.raises(SystemExit) as exited:
+        train_module.main(argv)
+    return str(exited.value.code)
+
+
+def test_a_folder_holding_a_run_is_never_overwritten_without_resume(tmp_path):
+    # the old run's config, checkpoint and weights; a new run there would rewrite config.yaml (breaking the
+    # weights it describes) and its own early checkpoints would be pruned in favour of the old run's later ones
+    out = tmp_path / "run"
+    (out / "checkpoints" / "gan").mkdir(parents=True)
+    (out / "checkpoints" / "gan" / "checkpoint-000000900.pt").write_bytes(b"old")
+    (out / "config.yaml").write_text("model: gan\n")
+    message = _refused(["--out", str(out), "--model", "gan-int-cls", "--device", "cpu"])
+    assert "train.out=" in message and "already holds a run (checkpoints/gan/checkpoint-000000900.pt" in message
+    assert "--resume" in message
+    assert (out / "config.yaml").read_text() == "model: gan\n"
+    (out / "checkpoints" / "gan" / "checkpoint-000000900.pt").unlink()
+    save_weights(torch.nn.Linear(2, 3), out / "generator.safetensors")
+    assert "already holds a run (generator.safetensors" in _refused(["--out", str(out), "--device", "cpu"])
+    (tmp_path / "file").write_text("x")
+    assert "train.out=" in _refused(["--out", str(tmp_path / "file"), "--device", "cpu"])
+
+
+def test_asking_for_a_gpu_that_is_not_there_is_a_configuration_error(tmp_path, monkeypatch):
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: False)
+    message = _refused(["--out", str(tmp_path / "run"), "--device", "cuda"])
+    assert message == "t2ifast.train: bad configuration: train.device=cuda was asked for, but torch sees no CUDA GPU"
+
+
+def test_missing_input_files_stop_the_run_before_anything_is_written(tmp_path):
+    out = tmp_path / "run"
+    for flag in ("--text-encoder", "--set"):
+        value = str(tmp_path / "missing.safetensors")
+        argv = [flag, value] if flag == "--text-encoder" else [flag, f"stackgan.stage1_generator={value}"]
+        message = _refused(["--out", str(out), "--device", "cpu", *argv])
+        assert "missing.safetensors: no such file" in message
+        assert not out.exists()
 
 
 def test_a_killed_run_resumes_from_its_last_checkpoint(tmp_path):

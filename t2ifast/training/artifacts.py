@@ -20,6 +20,7 @@ from pathlib import Path
 from types import SimpleNamespace
 
 import torch
+from safetensors import SafetensorError
 from safetensors.torch import load_file, save_file
 
 from t2ifast.data import PAD_INDEX, Vocabulary, tokenize
@@ -63,7 +64,11 @@ def load_weights(module, path):
     if not path.is_file():
         raise FileNotFoundError(f"weights file {path} does not exist")
     try:
-        module.load_state_dict(load_file(str(path)))
+        weights = load_file(str(path))
+    except SafetensorError as error:
+        raise ValueError(f"weights file {path} is not a safetensors file ({error})") from None
+    try:
+        module.load_state_dict(weights)
     except RuntimeError as error:
         raise ValueError(
             f"weights file {path} does not fit the {type(module).__name__} its run's config.yaml describes: {error}"
@@ -227,6 +232,10 @@ def load_run(run_dir, device="cpu"):
     """The models of a finished GAN-INT-CLS-family, StackGAN or AttnGAN run as a FinishedRun, in eval mode on
     `device`; the generator is built by the builder its training uses, for the run's config.model."""
     run_dir = Path(run_dir)
+    if not run_dir.exists():
+        raise FileNotFoundError(f"run folder {run_dir} does not exist")
+    if not run_dir.is_dir():
+        raise FileNotFoundError(f"{run_dir} is a file; give the run folder that holds config.yaml and the weights")
     if not (run_dir / "config.yaml").is_file():
         raise FileNotFoundError(f"{run_dir} is not a t2ifast run folder (no config.yaml)")
     config = load_run_config(run_dir / "config.yaml")

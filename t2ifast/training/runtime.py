@@ -17,6 +17,8 @@ import torch
 import torch.distributed as dist
 from torch.nn.parallel import DistributedDataParallel
 
+from t2ifast.training.config import ConfigError
+
 
 @dataclass
 class Runtime:
@@ -83,7 +85,7 @@ def start_runtime(device="auto", amp="none"):
         device = "cuda" if torch.cuda.is_available() else "cpu"
     if device == "cuda":
         if not torch.cuda.is_available():
-            raise RuntimeError("train.device=cuda was asked for, but torch sees no CUDA GPU")
+            raise ConfigError("train.device=cuda was asked for, but torch sees no CUDA GPU")
         torch.cuda.set_device(local_rank)
         device = torch.device("cuda", local_rank)
     else:
