@@ -27,3 +27,19 @@ def check_range(name, value, low, high, *, high_inclusive=True):
     if not ok:
         bracket = "]" if high_inclusive else ")"
         raise ValueError(f"{name} must be in [{low}, {high}{bracket}; got {value!r}")
+
+
+def check_device(name, value):
+    """`value` as a torch.device that this machine has: "cpu", "cuda" or "cuda:N"."""
+    try:
+        device = torch.device(value)
+    except (RuntimeError, TypeError):
+        raise ValueError(f"{name} must be cpu, cuda or cuda:N; got {value!r}") from None
+    if device.type not in ("cpu", "cuda"):
+        raise ValueError(f"{name} must be cpu, cuda or cuda:N; got {value!r}")
+    if device.type == "cuda":
+        if not torch.cuda.is_available():
+            raise ValueError(f"{name} is {value!r}, but torch sees no CUDA GPU on this machine")
+        if device.index is not None and device.index >= torch.cuda.device_count():
+            raise ValueError(f"{name} is {value!r}, but this machine has {torch.cuda.device_count()} CUDA GPU(s)")
+    return device
