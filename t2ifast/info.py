@@ -1,5 +1,6 @@
 """``python -m t2ifast.info``: what this installation was built with and what it can run."""
 
+import argparse
 import importlib.metadata
 import platform
 
@@ -52,7 +53,13 @@ def report():
     return lines
 
 
-def main():
+def main(argv=None):
+    parser = argparse.ArgumentParser(
+        prog="python -m t2ifast.info",
+        description="What this installation of t2ifast was built with and what it can run: the Python, torch and "
+        "CUDA versions, the native extension and its kernels, Triton, DALI, the visible GPUs and the kernel backend.",
+    )
+    parser.parse_args(argv)
     print("\n".join(report()))
 
 

@@ -225,8 +225,16 @@ def test_missing_weights_file_is_named(tmp_path):
 def test_weights_that_are_not_a_plain_state_dict_are_refused(tmp_path):
     pickled = tmp_path / "pickled.pth"
     torch.save({"model": torch.nn.Linear(2, 2)}, pickled)  # a pickled module: the safe loader refuses it
-    with pytest.raises(ValueError, match="not a plain state dict"):
+    with pytest.raises(ValueError, match="not a plain state dict") as error:
         inception_metrics.inception_score([], pickled)
+    message = str(error.value)  # one line naming the file and what it must be, not torch's weights_only advice
+    assert "\n" not in message and str(pickled) in message and "2015-12-05" in message
+    assert "weights_only" not in message and "it holds pickled objects" in message
+    text = tmp_path / "text.pth"
+    text.write_text("not a weights file\n" * 50)
+    with pytest.raises(ValueError, match=r"text\.pth is not a plain state dict .*2015-12-05") as error:
+        inception_metrics.inception_score([], text)
+    assert "\n" not in str(error.value)
     other = tmp_path / "other.pth"
     torch.save({"weight": torch.zeros(1)}, other)
     with pytest.raises(ValueError, match=r"fc\.weight"):

@@ -245,6 +245,19 @@ def test_a_generator_that_draws_its_caption_scores_one(tiny_dataset):
     assert result.mean == 1.0 and result.count == 60
 
 
+def test_progress_bars_cover_the_caption_encoding_and_the_generation(tiny_dataset, capsys):
+    text_encoder = TextEncoder(len(tiny_dataset.vocabulary), embedding_dim=8, hidden_dim=16)
+    options = {"num_images": 20, "batch_size": 16, "candidates": 5, "splits": 2}
+    quiet = evaluate_r_precision(_writer, text_encoder, _CaptionReader(text_encoder), tiny_dataset, progress=False,
+                                 **options)  # fmt: skip
+    assert capsys.readouterr().err == ""
+    loud = evaluate_r_precision(_writer, text_encoder, _CaptionReader(text_encoder), tiny_dataset, **options)
+    err = capsys.readouterr().err
+    assert loud == quiet
+    assert "R-precision: encoding captions" in err and "/48 " in err  # every caption of the pool
+    assert "R-precision: generating" in err and "/20 " in err
+
+
 def test_dataset_evaluation_is_deterministic(tiny_dataset):
     from t2ifast.models.image_encoder import ImageEncoder
 

@@ -54,7 +54,16 @@ def _inception(weights_path, feature):
     try:
         state = torch.load(path, map_location="cpu", weights_only=True)
     except Exception as error:
-        raise ValueError(f"{path} is not a plain state dict of tensors ({error}); expected {WEIGHTS_HINT}") from error
+        # one line: torch's own message for a pickle holding more than tensors is a page of weights_only advice
+        lines = str(error).strip().splitlines()
+        if lines and "weights only load failed" in lines[0].lower():
+            reason = "it holds pickled objects, not only tensors"
+        else:
+            reason = f"torch.load cannot read it: {type(error).__name__}" + (f": {lines[0]}" if lines else "")
+        raise ValueError(
+            f"{path} is not a plain state dict of tensors ({reason[:200]}): it must be the Inception v3 2015-12-05 "
+            f"weights file, {WEIGHTS_HINT}"
+        ) from None
     if not isinstance(state, dict) or "fc.weight" not in state:
         raise ValueError(f"{path} is not an Inception v3 state dict (no 'fc.weight'); expected {WEIGHTS_HINT}")
     del state

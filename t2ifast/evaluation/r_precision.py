@@ -359,16 +359,25 @@ def caption_batch(dataset, rows, max_words, generator):
 
 
 @torch.no_grad()
-def encode_caption_rows(text_encoder, dataset, max_words=18, *, batch_size=256, device="cpu"):
+def encode_caption_rows(text_encoder, dataset, max_words=18, *, batch_size=256, device="cpu", progress=False):
     """FloatTensor [captions, D] on the CPU: the sentence code of every caption row of dataset.table (truncated
-    to max_words). The text encoder is put in eval mode."""
+    to max_words). The text encoder is put in eval mode. progress: a tqdm bar (on stderr) over the captions."""
     text_encoder.eval()
     codes = []
     total = len(dataset.table.lengths)
+    bar = None
+    if progress:
+        from tqdm.auto import tqdm
+
+        bar = tqdm(total=total, desc="R-precision: encoding captions", unit="caption", leave=False, dynamic_ncols=True)
     for begin in range(0, total, batch_size):
         rows = torch.arange(begin, min(begin + batch_size, total))
         captions, lengths, _ = dataset.table.fixed_length(rows, max_words, None, "truncate")
         codes.append(text_encoder(captions.to(device), lengths.to(device))[1].float().cpu())
+        if bar is not None:
+            bar.update(len(rows))
+    if bar is not None:
+        bar.close()
     return torch.cat(codes)
 
 
@@ -397,12 +406,13 @@ def evaluate_r_precision(
     encoder (images -> (regions, code)); both are moved to `device` and put in eval mode.
     Every caption of the dataset is encoded once (the candidate pool); num_images captions are walked in a
     seeded order (walk_captions), generated from, encoded, and scored by r_precision with the pool's groups
-    (caption_groups). torch's global generator is seeded for `generate` (derived from `seed`), then restored."""
+    (caption_groups). torch's global generator is seeded for `generate` (derived from `seed`), then restored.
+    progress: tqdm bars (on stderr) over the caption encoding and over the image generation."""
     num_images = _check_int("num_images", num_images, 1)
     batch_size = _check_int("batch_size", batch_size, 1)
     text_encoder.to(device)
     image_encoder.to(device).eval()
-    pool = encode_caption_rows(text_encoder, dataset, max_words, device=device)
+    pool = encode_caption_rows(text_encoder, dataset, max_words, device=device, progress=progress)
     groups = caption_groups(dataset)
     rows = walk_captions(len(pool), num_images, seed)
     wrong_generator = torch.Generator().manual_seed(derived_seed(seed, 3))
@@ -410,7 +420,7 @@ def evaluate_r_precision(
     if progress:
         from tqdm.auto import tqdm
 
-        bar = tqdm(total=num_images, desc="R-precision", unit="image", leave=False, dynamic_ncols=True)
+        bar = tqdm(total=num_images, desc="R-precision: generating", unit="image", leave=False, dynamic_ncols=True)
     where = torch.device(device)
     devices = [torch.cuda.current_device() if where.index is None else where.index] if where.type == "cuda" else []
     codes = []
