@@ -190,6 +190,17 @@ def check_input_files(config):
             raise FileNotFoundError(f"{key}={value}: no such file")
 
 
+def load_named_weights(key, module, path):
+    """artifacts.load_weights; when `key` names the config value that gave `path` (the user's file, not a cache),
+    a file that is not safetensors or does not fit is a ConfigError naming that key."""
+    try:
+        return artifacts.load_weights(module, path)
+    except ValueError as error:
+        if key is None:
+            raise
+        raise ConfigError(f"{key}: {error}") from None
+
+
 def dataset_folder(config, runtime):
     if config.data.path != "synthetic":
         return Path(config.data.path).expanduser()
@@ -315,11 +326,12 @@ def damsm_encoders(config, folder, dataset, runtime, out):
                 if runtime.is_main:
                     artifacts.save_damsm_encoders(damsm, cache)
                 runtime.barrier()
-    artifacts.load_weights(text_encoder, source)
+    given = "text.encoder" if text.encoder else None
+    load_named_weights(given, text_encoder, source)
     image_encoder = None
     if source.with_name(artifacts.IMAGE_ENCODER).is_file():
-        image_encoder = artifacts.load_weights(
-            artifacts.build_image_encoder(config), source.with_name(artifacts.IMAGE_ENCODER)
+        image_encoder = load_named_weights(
+            given, artifacts.build_image_encoder(config), source.with_name(artifacts.IMAGE_ENCODER)
         )
     elif config.model == "attngan" or needs_image_encoder(config):
         raise FileNotFoundError(
@@ -376,7 +388,8 @@ def train_stackgan(config, dataset, embed, runtime, out, *, resume):
     (train.batch_size when 0); returns the last stage's task."""
     if config.stackgan.stage1_generator:
         stage1 = build_stage1_generator(config, embed.embedding_dim)
-        stage1 = artifacts.load_weights(stage1, config.stackgan.stage1_generator).to(runtime.device)
+        stage1 = load_named_weights("stackgan.stage1_generator", stage1, config.stackgan.stage1_generator)
+        stage1 = stage1.to(runtime.device)
     else:
         task = StackGANTask(config, embed, runtime, stage=1, **_preview(dataset, runtime))
         loader = loader_for(config, dataset, runtime, batch_size=config.train.batch_size)

@@ -511,6 +511,15 @@ def test_missing_input_files_stop_the_run_before_anything_is_written(tmp_path):
         assert not out.exists()
 
 
+def test_a_given_text_encoder_that_is_no_weights_file_is_named(tmp_path):
+    (tmp_path / "encoder.safetensors").write_text("a text file")
+    argv = ["--out", str(tmp_path / "run"), "--device", "cpu", "--text-encoder", str(tmp_path / "encoder.safetensors"),
+            "--set", f"train.cache_dir={tmp_path / 'cache'}", "--set", "data.synthetic_images=20"]  # fmt: skip
+    message = _refused(argv)
+    assert message.startswith("t2ifast.train: text.encoder: weights file ")
+    assert "encoder.safetensors is not a safetensors file (" in message  # then safetensors' own reason
+
+
 def test_a_killed_run_resumes_from_its_last_checkpoint(tmp_path):
     out, cache = tmp_path / "run", tmp_path / "cache"
     command = _train_command(
