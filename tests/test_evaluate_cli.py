@@ -8,6 +8,7 @@ import sys
 
 import pytest
 import torch
+from run_testing import write_run
 
 from t2ifast import evaluate, info
 from t2ifast.data import generate_synthetic, open_dataset
@@ -19,9 +20,7 @@ R_PRECISION = ["--r-precision", "--r-images", "12", "--r-splits", "2", "--r-cand
 def _make_run(tmp_path, *, synthetic):
     """A run folder of an untrained GAN-INT-CLS (tiny widths) with its DAMSM encoders: on the synthetic set
     (60 images in tmp_path/cache, the set evaluate regenerates) or on a prepared folder (no caption accuracy)."""
-    from t2ifast.training import artifacts
-    from t2ifast.training.config import load_config, save_config
-    from t2ifast.training.gan_int_cls import build_generator
+    from t2ifast.training.config import load_config
 
     cache = tmp_path / "cache"
     overrides = ["text.embedding_dim=16", "text.word_embedding_dim=8", "text.image_encoder_width=4", "gan.ngf=8",
@@ -33,16 +32,7 @@ def _make_run(tmp_path, *, synthetic):
         folder = generate_synthetic(tmp_path / "data", num_images=60, size=64, workers=1)
         overrides.append(f"data.path={folder}")
     config = load_config(overrides=overrides)
-    run = tmp_path / "run"
-    run.mkdir()
-    save_config(config, run / "config.yaml")
-    vocabulary = open_dataset(folder, "train").vocabulary
-    artifacts.save_vocabulary(vocabulary, run / artifacts.VOCABULARY)
-    torch.manual_seed(0)
-    artifacts.save_weights(artifacts.build_text_encoder(config, len(vocabulary)), run / artifacts.TEXT_ENCODER)
-    artifacts.save_weights(build_generator(config, 16), run / artifacts.GENERATOR)
-    artifacts.save_weights(artifacts.build_image_encoder(config), run / artifacts.IMAGE_ENCODER)
-    return run
+    return write_run(tmp_path / "run", config, open_dataset(folder, "train").vocabulary, image_encoder=True)
 
 
 @pytest.fixture

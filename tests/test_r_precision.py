@@ -6,6 +6,7 @@ import json
 import pytest
 import torch
 import torch.nn.functional as F
+from run_testing import write_run
 
 from t2ifast.data import TextImageDataset, generate_synthetic, open_dataset
 from t2ifast.evaluation import RPrecision, draw_negatives, evaluate_r_precision, r_precision
@@ -282,25 +283,14 @@ def test_dataset_evaluation_is_deterministic(tiny_dataset):
 
 
 def _fake_run(tmp_path, with_image_encoder=True):
-    from t2ifast.training import artifacts
-    from t2ifast.training.config import load_config, save_config
-    from t2ifast.training.gan_int_cls import build_generator
+    from t2ifast.training.config import load_config
 
     folder = generate_synthetic(tmp_path / "data", num_images=60, size=64, workers=1)
     overrides = [f"data.path={folder}", "text.embedding_dim=16", "text.word_embedding_dim=8",
                  "text.image_encoder_width=4", "gan.ngf=8", "gan.ndf=8"]  # fmt: skip
     config = load_config(overrides=overrides)
-    run = tmp_path / "run"
-    run.mkdir()
-    save_config(config, run / "config.yaml")
     vocabulary = open_dataset(folder, "train").vocabulary
-    artifacts.save_vocabulary(vocabulary, run / artifacts.VOCABULARY)
-    torch.manual_seed(0)
-    artifacts.save_weights(artifacts.build_text_encoder(config, len(vocabulary)), run / artifacts.TEXT_ENCODER)
-    artifacts.save_weights(build_generator(config, 16), run / artifacts.GENERATOR)
-    if with_image_encoder:
-        artifacts.save_weights(artifacts.build_image_encoder(config), run / artifacts.IMAGE_ENCODER)
-    return run
+    return write_run(tmp_path / "run", config, vocabulary, image_encoder=with_image_encoder)
 
 
 def test_evaluate_command_reports_r_precision(tmp_path, capsys):

@@ -6,15 +6,11 @@ import re
 import pytest
 import torch
 from PIL import Image
+from run_testing import write_run
 
 from t2ifast import sample
 from t2ifast.data import Vocabulary
-from t2ifast.models.sentence_embeddings import DAMSMSentenceEmbeddings
-from t2ifast.models.text_conditioned_generator import StyleEncoder
-from t2ifast.training.artifacts import build_text_encoder, save_vocabulary, save_weights
-from t2ifast.training.config import load_config, save_config
-from t2ifast.training.gan_int_cls import build_generator
-from t2ifast.training.stackgan import build_stackgan_sampler
+from t2ifast.training.config import load_config
 
 WORDS = ["a", "red", "blue", "green", "circle", "star", "square", "on", "white", "black"]
 TINY = ["gan.ngf=4", "gan.ndf=4", "gan.z_dim=8", "gan.projection_dim=4", "text.embedding_dim=8",
@@ -23,20 +19,8 @@ MAX_WORDS = 6
 
 
 def _write_run(folder, model, *, style_encoder=True):
-    """A run folder as training leaves it (config.yaml, vocabulary, weights), of untrained tiny models."""
-    torch.manual_seed(0)
     config = load_config(overrides=[f"model={model}", *TINY, "stackgan.stage2_steps=0"])
-    folder.mkdir(parents=True)
-    save_config(config, folder / "config.yaml")
-    vocabulary = Vocabulary(WORDS)
-    save_vocabulary(vocabulary, folder / "vocabulary.json")
-    text_encoder = build_text_encoder(config, len(vocabulary))
-    save_weights(text_encoder, folder / "text_encoder.safetensors")
-    build = build_stackgan_sampler if model == "stackgan" else build_generator
-    save_weights(build(config, DAMSMSentenceEmbeddings(text_encoder).embedding_dim), folder / "generator.safetensors")
-    if style_encoder:
-        save_weights(StyleEncoder(z_dim=config.gan.z_dim, ndf=config.gan.ndf), folder / "style_encoder.safetensors")
-    return folder
+    return write_run(folder, config, Vocabulary(WORDS), style_encoder=style_encoder)
 
 
 @pytest.fixture(scope="module")
