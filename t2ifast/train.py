@@ -36,7 +36,15 @@ from t2ifast.models.sentence_embeddings import (
 )
 from t2ifast.training import artifacts
 from t2ifast.training.attngan import AttnGANTask
-from t2ifast.training.config import MODELS, ConfigError, has_stage2, image_sizes, load_config, save_config
+from t2ifast.training.config import (
+    MODELS,
+    ConfigError,
+    has_stage2,
+    image_sizes,
+    load_config,
+    load_run_config,
+    save_config,
+)
 from t2ifast.training.damsm import DAMSMTask
 from t2ifast.training.gan_int_cls import VARIANTS, GANINTCLSTask, StyleEncoderTask
 from t2ifast.training.loop import TrainingDiverged, train
@@ -107,9 +115,8 @@ def main(argv=None):
     args = parse_args(argv)
     try:
         config = load_config(args.config, overrides_of(args))
-    except ConfigError as error:
-        sys.exit(f"t2ifast.train: bad configuration: {error}")
-    try:
+        if args.resume:
+            config = resumed_config(config, args)
         runtime = start_runtime(config.train.device, config.train.amp)
     except ConfigError as error:
         sys.exit(f"t2ifast.train: bad configuration: {error}")
@@ -123,6 +130,51 @@ def main(argv=None):
         sys.exit(f"t2ifast.train: training diverged: {error}")
     finally:
         stop_runtime(runtime)
+
+
+# what a resumed run may change: how long it goes on, where and how fast it runs, what it logs and evaluates; the
+# rest (models, text, data, recipe) is what its checkpoints were trained with
+RESUMABLE = (
+    "train.steps", "train.epochs", "train.minutes", "train.device", "train.backend", "train.amp", "train.compile",
+    "train.log_every", "train.checkpoint_every", "train.sample_every", "train.keep_checkpoints", "train.cache_dir",
+    "data.loader", "data.workers", "gan.style_steps", "stackgan.stage2_steps", "stackgan.stage2_epochs", "eval.",
+)  # fmt: skip
+
+
+def resumed_config(config, args):
+    """The config of a resumed run: the run folder's own config.yaml with this command's options on top (or,
+    with --config, that file's), refused if it changes more than RESUMABLE: a changed width or recipe would not
+    fit the checkpoints, or would quietly make the run something else."""
+    saved_path = Path(config.train.out).expanduser() / "config.yaml"
+    if not saved_path.is_file():
+        return config  # nothing trained yet: --resume starts the run
+    saved = load_run_config(saved_path)
+    if args.config is None:
+        config = load_config(saved_path, [f"train.out={config.train.out}", *overrides_of(args)])
+    changed = [
+        key
+        for key, value in _flat(config.to_dict()).items()
+        if key != "train.out" and value != _flat(saved.to_dict()).get(key) and not key.startswith(RESUMABLE)
+    ]
+    if changed:
+        now, before = _flat(config.to_dict()), _flat(saved.to_dict())
+        differences = ", ".join(f"{key}: {before.get(key)!r} -> {now[key]!r}" for key in changed)
+        raise ConfigError(
+            f"--resume continues the run in {saved_path.parent} as its config.yaml describes it, but this command "
+            f"changes {differences}; a resumed run may change only how long and how it runs "
+            f"({', '.join(k.rstrip('.') for k in RESUMABLE)}); start a new run with another --out"
+        )
+    return config
+
+
+def _flat(values, prefix=""):
+    flat = {}
+    for key, value in values.items():
+        if isinstance(value, dict):
+            flat.update(_flat(value, f"{prefix}{key}."))
+        else:
+            flat[f"{prefix}{key}"] = value
+    return flat
 
 
 def run(config, runtime, *, resume=False):

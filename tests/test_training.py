@@ -26,7 +26,7 @@ from t2ifast.train import contrast_groups, damsm_cache_folder, pretrain_damsm
 from t2ifast.training import checkpoint, loop
 from t2ifast.training.artifacts import load_damsm_encoders, load_run, load_weights, save_weights
 from t2ifast.training.attngan import AttnGANTask
-from t2ifast.training.config import load_config
+from t2ifast.training.config import ConfigError, load_config, save_config
 from t2ifast.training.gan_int_cls import GANINTCLSTask
 from t2ifast.training.loop import TrainingDiverged, train
 from t2ifast.training.runtime import Runtime
@@ -518,6 +518,22 @@ def test_a_given_text_encoder_that_is_no_weights_file_is_named(tmp_path):
     message = _refused(argv)
     assert message.startswith("t2ifast.train: text.encoder: weights file ")
     assert "encoder.safetensors is not a safetensors file (" in message  # then safetensors' own reason
+
+
+def test_resume_takes_the_run_folders_config_and_refuses_changes_its_checkpoints_would_not_fit(tmp_path):
+    out = tmp_path / "run"
+    out.mkdir()
+    saved = load_config(overrides=["gan.ngf=8", "gan.ndf=8", f"train.out={out}", "train.steps=5"])
+    save_config(saved, out / "config.yaml")
+    resumed = train_module.resumed_config
+    args = train_module.parse_args(["--out", str(out), "--resume", "--steps", "9", "--set", "eval.max_samples=10"])
+    config = resumed(load_config(None, train_module.overrides_of(args)), args)
+    assert (config.gan.ngf, config.gan.ndf, config.train.steps, config.eval.max_samples) == (8, 8, 9, 10)
+    args = train_module.parse_args(["--out", str(out), "--resume", "--ngf", "16", "--set", "train.lr_g=1e-3"])
+    with pytest.raises(ConfigError, match=r"changes gan.ngf: 8 -> 16, train.lr_g: 0.0004 -> 0.001; a resumed run may"):
+        resumed(load_config(None, train_module.overrides_of(args)), args)
+    fresh = train_module.parse_args(["--out", str(tmp_path / "new"), "--resume", "--ngf", "16"])
+    assert resumed(load_config(None, train_module.overrides_of(fresh)), fresh).gan.ngf == 16  # nothing to resume yet
 
 
 def test_a_killed_run_resumes_from_its_last_checkpoint(tmp_path):
