@@ -21,12 +21,12 @@ the settings it was computed with (max_samples, seed, ...).
 
 import argparse
 import json
-import os
 import sys
 from pathlib import Path
 
 import torch
 
+from t2ifast._atomic import atomic_file
 from t2ifast._validation import check_device
 from t2ifast.data import generate_synthetic, load_attributes, make_loader, open_dataset
 from t2ifast.evaluation import (
@@ -154,8 +154,7 @@ def check_arguments(args):
 
 def merge_into(path, report):
     """Writes `report` into the JSON file at `path`, keeping the entries of an existing JSON object that `report`
-    does not replace (a file that is not one is replaced, with a warning). Atomic: a temporary file beside it,
-    then os.replace."""
+    does not replace (a file that is not one is replaced, with a warning), atomically."""
     path = Path(path)
     merged = {}
     if path.exists():
@@ -169,12 +168,8 @@ def merge_into(path, report):
             what = f"not valid JSON ({existing})" if isinstance(existing, Exception) else "not a JSON object"
             print(f"t2ifast.evaluate: warning: {path} was {what}: replaced", file=sys.stderr)
     merged.update(report)
-    temporary = path.with_name(f".{path.name}.{os.getpid()}.tmp")
-    try:
+    with atomic_file(path) as temporary:
         temporary.write_text(json.dumps(merged, indent=1) + "\n")
-        os.replace(temporary, path)
-    finally:
-        temporary.unlink(missing_ok=True)
     return merged
 
 

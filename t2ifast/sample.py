@@ -18,7 +18,6 @@ message before anything is drawn; an option without effect in the chosen mode is
 import argparse
 import os
 import sys
-import tempfile
 from pathlib import Path
 
 import numpy as np
@@ -29,7 +28,7 @@ from t2ifast._validation import check_device
 from t2ifast.data import tokenize
 from t2ifast.training.artifacts import load_run
 from t2ifast.training.gan_int_cls import VARIANTS
-from t2ifast.visualize import attention_grid, caption_grid, image_grid
+from t2ifast.visualize import attention_grid, caption_grid, image_grid, save_image
 
 
 @torch.no_grad()
@@ -135,21 +134,6 @@ def _check_output(option, value):
                 raise ValueError(f"{option}: cannot write {value}: folder {parent} is not writable")
             break
     return path
-
-
-def _save(picture, path):
-    """Write a PIL image atomically (temp file in the same folder + os.replace), creating missing folders; the
-    format follows the suffix."""
-    path.parent.mkdir(parents=True, exist_ok=True)
-    descriptor, temporary = tempfile.mkstemp(dir=path.parent, prefix=f".{path.stem}.", suffix=".tmp")
-    try:
-        with os.fdopen(descriptor, "wb") as f:
-            picture.save(f, format=Image.registered_extensions()[path.suffix.lower()])
-        os.chmod(temporary, 0o644)  # mkstemp makes it private; a picture is for reading
-        os.replace(temporary, path)
-    except BaseException:
-        Path(temporary).unlink(missing_ok=True)
-        raise
 
 
 def _centre_square(image):
@@ -295,7 +279,7 @@ def main(argv=None):
         sys.exit(f"t2ifast.sample: {error}")
     for path, picture in pictures.items():
         try:
-            _save(picture, path)
+            save_image(picture, path)
         except OSError as error:
             sys.exit(f"t2ifast.sample: cannot write {path}: {error}")
         print(f"written {path}")

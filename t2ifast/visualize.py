@@ -11,8 +11,6 @@ Every `path=` write is atomic (temp file + os.replace), so a reader never sees h
 """
 
 import functools
-import os
-import tempfile
 import unicodedata
 from pathlib import Path
 
@@ -20,6 +18,8 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 from PIL import Image, ImageDraw, ImageFont
+
+from t2ifast._atomic import atomic_file
 
 BACKGROUND = (255, 255, 255)
 TEXT = (30, 30, 30)
@@ -32,19 +32,11 @@ REFERENCE_COLOUR = (186, 189, 182)
 CHANCE_COLOUR = (204, 0, 0)
 
 
-def save_png(image, path):
-    """Write a PIL image as PNG atomically (temp file in the same folder + os.replace); returns the path."""
+def save_image(image, path):
+    """Write a PIL image atomically, in the format its suffix names (PNG when it names none); returns the path."""
     path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    descriptor, temporary = tempfile.mkstemp(dir=path.parent, prefix=f".{path.stem}.", suffix=".png.tmp")
-    try:
-        with os.fdopen(descriptor, "wb") as f:
-            image.save(f, format="PNG")
-        os.chmod(temporary, 0o644)  # mkstemp makes it private; a picture is for reading
-        os.replace(temporary, path)
-    except BaseException:
-        Path(temporary).unlink(missing_ok=True)
-        raise
+    with atomic_file(path) as temporary:
+        image.save(temporary, format=Image.registered_extensions().get(path.suffix.lower(), "PNG"))
     return path
 
 
@@ -187,7 +179,7 @@ def caption_grid(images, captions, *, columns=8, scale=2, path=None, font_size=1
         canvas.paste(tile, (x + (cell_w - tile_w) // 2, y))
         _draw_lines(draw, lines, text_font, x, y + tile_h + PAD, cell_w)
     if path is not None:
-        save_png(canvas, path)
+        save_image(canvas, path)
     return canvas
 
 
@@ -238,7 +230,7 @@ def image_grid(
             canvas.paste(tiles[r * columns + c], (GAP + label_w + c * (tile_w + GAP), y + (row_h[r] - tile_h) // 2))
         y += row_h[r] + GAP
     if path is not None:
-        save_png(canvas, path)
+        save_image(canvas, path)
     return canvas
 
 
@@ -295,7 +287,7 @@ def attention_grid(images, attention, captions_words, *, path=None, max_words=18
             canvas.paste(Image.fromarray((blended * 255).round().astype(np.uint8), "RGB"), (x, y))
             _draw_lines(draw, lines, text_font, x, y + tile_h + PAD, tile_w)
     if path is not None:
-        save_png(canvas, path)
+        save_image(canvas, path)
     return canvas
 
 
@@ -396,5 +388,5 @@ def accuracy_figure(
             cx = position(chance[name])
             draw.line((cx, y - 2, cx, y + block_h + 1), fill=CHANCE_COLOUR, width=2)
     if path is not None:
-        save_png(canvas, path)
+        save_image(canvas, path)
     return canvas

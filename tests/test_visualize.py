@@ -15,7 +15,7 @@ from t2ifast.visualize import (
     font,
     image_grid,
     printable,
-    save_png,
+    save_image,
     to_pil,
 )
 
@@ -160,13 +160,13 @@ def test_accuracy_figure_with_reference_and_chance():
         accuracy_figure({"count": 3}, title="nothing")
 
 
-def test_save_png_is_atomic_and_readable(tmp_path):
+def test_save_image_is_atomic_and_readable(tmp_path):
     image = Image.new("RGB", (7, 5), (1, 2, 3))
-    path = save_png(image, tmp_path / "deep" / "folder" / "picture.png")
+    path = save_image(image, tmp_path / "deep" / "folder" / "picture.png")
     assert path.is_file() and [p.name for p in path.parent.iterdir()] == ["picture.png"]
     with Image.open(path) as reread:
         assert reread.format == "PNG" and reread.size == (7, 5) and reread.getpixel((3, 3)) == (1, 2, 3)
     assert path.stat().st_mode & 0o044  # readable by others, unlike mkstemp's private default
-    save_png(Image.new("RGB", (2, 2)), path)  # replaces
+    save_image(Image.new("RGB", (2, 2)), path)  # replaces
     with Image.open(path) as reread:
         assert reread.size == (2, 2)

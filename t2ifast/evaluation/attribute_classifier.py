@@ -13,8 +13,6 @@ attribute of a 4000-image set, and 100% on 1000 real held-out images of the defa
 
 import json
 import math
-import os
-import tempfile
 import time
 import warnings
 from dataclasses import asdict, dataclass, field
@@ -24,6 +22,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from t2ifast._atomic import atomic_file
 from t2ifast.data import ATTRIBUTES, load_attributes, make_loader, open_dataset
 
 # bump when the architecture, the training recipe or the cached file's contents change: old caches are ignored
@@ -332,15 +331,8 @@ def save_attribute_classifier(classifier, report, path):
         "attributes": json.dumps(classifier.attributes),
         "report": json.dumps(report.as_dict()),
     }
-    descriptor, temporary = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
-    os.close(descriptor)
-    try:
+    with atomic_file(path) as temporary:
         save_file(state, temporary, metadata=metadata)
-        os.chmod(temporary, 0o644)  # mkstemp makes it private
-        os.replace(temporary, path)
-    except BaseException:
-        Path(temporary).unlink(missing_ok=True)
-        raise
 
 
 def load_attribute_classifier(path, device="cpu"):

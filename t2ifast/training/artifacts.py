@@ -23,6 +23,7 @@ import torch
 from safetensors import SafetensorError
 from safetensors.torch import load_file, save_file
 
+from t2ifast._atomic import atomic_file
 from t2ifast.data import PAD_INDEX, Vocabulary, tokenize
 from t2ifast.models.image_encoder import ImageEncoder, InceptionImageEncoder
 from t2ifast.models.sentence_embeddings import DAMSMSentenceEmbeddings, MiniLMSentenceEmbeddings
@@ -47,14 +48,8 @@ def save_weights(module, path):
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
     state = {name: tensor.detach().contiguous().cpu() for name, tensor in module.state_dict().items()}
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
-    os.close(fd)
-    try:
-        save_file(state, tmp)
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
+    with atomic_file(path) as temporary:
+        save_file(state, temporary)
 
 
 def load_weights(module, path):

@@ -7,14 +7,14 @@ loading a checkpoint from elsewhere cannot run arbitrary code. RNG states (Pytho
 CUDA) are saved with it so that a resumed run continues exactly where the interrupted one was.
 """
 
-import os
 import random
 import re
-import tempfile
 from pathlib import Path
 
 import numpy as np
 import torch
+
+from t2ifast._atomic import atomic_file
 
 _NAME = re.compile(r"^checkpoint-(\d{9})\.pt$")
 
@@ -25,23 +25,8 @@ def checkpoint_path(folder, step):
 
 def atomic_save(obj, path):
     """torch.save to `path` so that readers only ever see a complete file."""
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
-    try:
-        with os.fdopen(fd, "wb") as f:
-            torch.save(obj, f)
-            f.flush()
-            os.fsync(f.fileno())
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
-    dir_fd = os.open(path.parent, os.O_RDONLY)  # make the rename itself durable
-    try:
-        os.fsync(dir_fd)
-    finally:
-        os.close(dir_fd)
+    with atomic_file(path, durable=True) as temporary:
+        torch.save(obj, temporary)
 
 
 def rng_state():
