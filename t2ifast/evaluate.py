@@ -37,8 +37,8 @@ from t2ifast.evaluation import (
     evaluate_r_precision,
     load_or_train_attribute_classifier,
 )
-from t2ifast.training.artifacts import VOCABULARY, load_damsm_encoders, load_run, load_vocabulary
-from t2ifast.training.config import image_sizes, load_run_config
+from t2ifast.training.artifacts import VOCABULARY, load_damsm_encoders, load_run, load_vocabulary, run_folder_config
+from t2ifast.training.config import image_sizes
 from t2ifast.visualize import accuracy_figure
 
 
@@ -112,15 +112,12 @@ def check_arguments(args):
     Raises FileNotFoundError, ValueError or ImportError naming the option and what was expected."""
     args.device = check_device("--device", args.device)
     run = Path(args.run)
-    if not (run / "config.yaml").is_file():
-        what = "is not a t2ifast run folder (no config.yaml)" if run.is_dir() else "does not exist"
-        raise FileNotFoundError(f"run folder {str(run)!r} {what}")
+    config = run_folder_config(run)
     out = Path(args.out).expanduser() if args.out else run / "evaluation.json"
     if out.is_dir():
         raise ValueError(f"--out {str(out)!r} is a folder; expected the path of a JSON file")
     if not out.parent.is_dir():
         raise FileNotFoundError(f"--out {str(out)!r}: its folder {str(out.parent)!r} does not exist")
-    config = load_run_config(run / "config.yaml")
     synthetic = config.data.path == "synthetic"
     if args.damsm_attributes is not None and not synthetic:
         raise ValueError(

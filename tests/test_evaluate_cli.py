@@ -109,8 +109,8 @@ def _bad(tmp_path, run):
         ),
         "out folder": ([run, *R_PRECISION, "--out", tmp_path / "a-folder"], r"--out .*a-folder' is a folder"),
         "out parent": ([run, *R_PRECISION, "--out", tmp_path / "no" / "x.json"], r"--out .*: its folder .* does not"),
-        "no run": ([tmp_path / "no-run", *R_PRECISION], r"run folder .*no-run' does not exist"),
-        "not a run": ([tmp_path / "a-folder", *R_PRECISION], r"a-folder' is not a t2ifast run folder"),
+        "no run": ([tmp_path / "no-run", *R_PRECISION], r"run folder .*no-run does not exist"),
+        "not a run": ([tmp_path / "a-folder", *R_PRECISION], r"a-folder is not a t2ifast run folder \(no config"),
         "damsm attributes": ([run, "--damsm-attributes", "4"], r"--damsm-attributes needs a run on the synthetic set"),
         "nothing to do": ([run], r"nothing to evaluate: .*pass --r-precision"),
     }

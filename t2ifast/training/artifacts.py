@@ -129,9 +129,7 @@ def load_damsm_encoders(run_dir, device="cpu"):
 
     Raises FileNotFoundError naming the missing file: R-precision needs both."""
     run_dir = Path(run_dir)
-    if not (run_dir / "config.yaml").is_file():
-        raise FileNotFoundError(f"{run_dir} is not a t2ifast run folder (no config.yaml)")
-    config = load_run_config(run_dir / "config.yaml")
+    config = run_folder_config(run_dir)
     for name in (TEXT_ENCODER, IMAGE_ENCODER):
         if not (run_dir / name).is_file():
             raise FileNotFoundError(
@@ -223,9 +221,9 @@ def _load_text_encoder(config, vocabulary, run_dir, device):
     return load_weights(build_text_encoder(config, len(vocabulary)), run_dir / TEXT_ENCODER).to(device).eval()
 
 
-def load_run(run_dir, device="cpu"):
-    """The models of a finished GAN-INT-CLS-family, StackGAN or AttnGAN run as a FinishedRun, in eval mode on
-    `device`; the generator is built by the builder its training uses, for the run's config.model."""
+def run_folder_config(run_dir):
+    """The Config of the run in `run_dir`; a missing folder, a file, or a folder without config.yaml raises
+    FileNotFoundError saying which."""
     run_dir = Path(run_dir)
     if not run_dir.exists():
         raise FileNotFoundError(f"run folder {run_dir} does not exist")
@@ -233,7 +231,14 @@ def load_run(run_dir, device="cpu"):
         raise FileNotFoundError(f"{run_dir} is a file; give the run folder that holds config.yaml and the weights")
     if not (run_dir / "config.yaml").is_file():
         raise FileNotFoundError(f"{run_dir} is not a t2ifast run folder (no config.yaml)")
-    config = load_run_config(run_dir / "config.yaml")
+    return load_run_config(run_dir / "config.yaml")
+
+
+def load_run(run_dir, device="cpu"):
+    """The models of a finished GAN-INT-CLS-family, StackGAN or AttnGAN run as a FinishedRun, in eval mode on
+    `device`; the generator is built by the builder its training uses, for the run's config.model."""
+    run_dir = Path(run_dir)
+    config = run_folder_config(run_dir)
     if config.model == "damsm":
         raise ConfigError(f"{run_dir} is a DAMSM pretraining run: it has no generator to sample from")
     vocabulary = load_vocabulary(run_dir / VOCABULARY)
