@@ -175,9 +175,8 @@ def _read_captions(run, captions, names):
     limit = run.config.data.max_words
     labels = []
     for caption, name in zip(captions, names, strict=True):
-        words = tokenize(caption)
-        known = [word for word in words if word in run.vocabulary.word_to_index]
-        unknown = ", ".join(dict.fromkeys(word for word in words if word not in run.vocabulary.word_to_index))
+        known, unknown = run.vocabulary.encode(tokenize(caption))
+        unknown = ", ".join(dict.fromkeys(unknown))
         if not known:
             raise ValueError(f"{name} ({_quote(caption)}) has no word of the model's vocabulary (unknown: {unknown})")
         if unknown:
@@ -188,7 +187,7 @@ def _read_captions(run, captions, names):
                 f"{len(known)} known words are used, the picture is labelled with them"
             )
         if unknown or len(known) > limit:
-            caption = " ".join(known[:limit]) + (" …" if len(known) > limit else "")
+            caption = run.vocabulary.decode(known[:limit]) + (" …" if len(known) > limit else "")
         labels.append(caption)
     return labels
 
