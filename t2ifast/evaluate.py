@@ -130,7 +130,7 @@ def check_arguments(args):
             f"{config.data.path!r}); pass --r-precision or --inception-weights"
         )
     if args.inception_weights:
-        from t2ifast.evaluation.inception_metrics import WEIGHTS_HINT, _require_libraries
+        from t2ifast.evaluation.inception_metrics import WEIGHTS_HINT, require_libraries
 
         weights = Path(args.inception_weights).expanduser()
         if not weights.exists():
@@ -138,7 +138,7 @@ def check_arguments(args):
         if not weights.is_file():
             raise ValueError(f"--inception-weights {str(weights)!r} is not a file: expected {WEIGHTS_HINT}")
         try:
-            _require_libraries()
+            require_libraries()
         except ImportError as error:
             raise ImportError(f"--inception-weights: {error}") from None
         if args.max_samples < 10:

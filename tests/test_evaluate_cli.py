@@ -124,7 +124,7 @@ def _bad(tmp_path, run):
 def test_bad_arguments_are_one_line_errors_before_any_work(run, tmp_path, monkeypatch, case):
     argv, message = _bad(tmp_path, run)[case]
     monkeypatch.setattr(torch.cuda, "is_available", lambda: False)
-    monkeypatch.setattr(inception_metrics, "_require_libraries", lambda: None)  # as if torchmetrics were installed
+    monkeypatch.setattr(inception_metrics, "require_libraries", lambda: None)  # as if torchmetrics were installed
 
     def must_not_load(*args, **kwargs):
         raise AssertionError("the run was loaded before the arguments were checked")

@@ -24,7 +24,7 @@ WEIGHTS_HINT = (
 )
 
 
-def _require_libraries():
+def require_libraries():
     """The torchmetrics classes, or an ImportError that says how to install them."""
     try:
         import torch_fidelity  # noqa: F401
@@ -67,7 +67,7 @@ def _inception(weights_path, feature):
     if not isinstance(state, dict) or "fc.weight" not in state:
         raise ValueError(f"{path} is not an Inception v3 state dict (no 'fc.weight'); expected {WEIGHTS_HINT}")
     del state
-    no_train_inception, inception_score_class, fid_class = _require_libraries()
+    no_train_inception, inception_score_class, fid_class = require_libraries()
     extractor = no_train_inception(
         name="inception-v3-compat", features_list=[str(feature)], feature_extractor_weights_path=str(path)
     )
