@@ -27,6 +27,7 @@ from pathlib import Path
 import torch
 
 import t2ifast
+from t2ifast._atomic import atomic_file
 from t2ifast.data import ATTRIBUTES, Batch, DataError, generate_synthetic, load_attributes, make_loader, open_dataset
 from t2ifast.data.batch_order import ContrastGroups
 from t2ifast.models.sentence_embeddings import (
@@ -536,7 +537,8 @@ def finish(config, folder, task, style, embed, runtime, out):
         report["r_precision"] = r_precision.as_dict()
         print(f"R-precision: {r_precision}")
     if report:
-        (out / "evaluation.json").write_text(json.dumps(report, indent=1))
+        with atomic_file(out / "evaluation.json") as temporary:  # the final generator's: replaces any older report
+            temporary.write_text(json.dumps(report, indent=1) + "\n")
 
 
 if __name__ == "__main__":
